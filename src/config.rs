@@ -1,0 +1,436 @@
+//! Configuration: embedded defaults, then an optional TOML file, then `REBILLY_WEBHOOKD__*`
+//! environment variables, deserialized into typed settings and validated once at start-up.
+
+use crate::secret::Secret;
+use config::{Config, Environment, File, FileFormat};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+const ENV_PREFIX: &str = "REBILLY_WEBHOOKD";
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 4] = [
+    "auth.allowed_networks",
+    "auth.header.values",
+    "auth.hmac.secrets",
+    "auth.trusted_proxies",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub auth: AuthSettings,
+    pub api: ApiSettings,
+    pub log: LogSettings,
+    #[serde(default)]
+    pub handlers: Vec<HandlerSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address and port to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Largest accepted webhook body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take, from its headers to its answer, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Most requests served at the same time; further connections wait.
+    pub max_concurrent_requests: usize,
+    /// Time given to in-flight requests and handlers after SIGTERM, in seconds.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl ServerSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// SQLite database file, created with its parent folder if missing.
+    pub path: PathBuf,
+    /// `full` syncs every commit to disk; `normal` may lose the last commits on power loss.
+    pub synchronous: Synchronous,
+    /// Deliveries waiting for the writer before new ones are answered 503.
+    pub queue_capacity: usize,
+    /// Most deliveries committed in one transaction.
+    pub max_batch: usize,
+    /// Raw bodies older than this many days are pruned; 0 keeps them for ever.
+    pub retention_days: u64,
+}
+
+/// `Debug` is derived: the password is a [`Secret`] and prints redacted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredential {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSecret {
+    /// Header name, such as `X-Webhook-Token`.
+    pub name: String,
+    /// Accepted values; more than one during rotation.
+    pub values: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacSettings {
+    /// `whsec_<base64>` secrets; any of them may match.
+    pub secrets: Vec<Secret>,
+    /// Largest accepted distance between `webhook-timestamp` and now, in seconds.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_seconds: u64,
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(default)]
+    pub basic: Vec<BasicCredential>,
+    pub header: Option<HeaderSecret>,
+    pub hmac: Option<HmacSettings>,
+    /// Source networks allowed to deliver; empty allows every source.
+    #[serde(default)]
+    pub allowed_networks: Vec<IpNet>,
+    /// Header carrying the client address (such as `X-Forwarded-For`), read only when the
+    /// connection comes from one of `trusted_proxies`.
+    pub trusted_proxy_header: Option<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Accept deliveries with no credential at all. Only for local experiments.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+impl AuthSettings {
+    pub fn has_credential(&self) -> bool {
+        !self.basic.is_empty() || self.header.is_some() || self.hmac.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Bearer token for the query and admin endpoints; without it they answer 401.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `rebilly_webhookd=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// An asynchronous handler, fed from the event log by its own cursor. (`deny_unknown_fields`
+/// does not combine with the flattened `kind`, so unknown keys here are not caught.)
+#[derive(Debug, Clone, Deserialize)]
+pub struct HandlerSettings {
+    /// Unique name; it keys the handler's cursor and its dead events.
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: HandlerKind,
+    /// Attempts before an event is marked dead.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay, in milliseconds; doubles with every failure.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_backoff_initial_ms() -> u64 {
+    1_000
+}
+fn default_backoff_max_ms() -> u64 {
+    300_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum HandlerKind {
+    /// Posts each event's raw body to `url`.
+    Forward {
+        url: String,
+        basic: Option<BasicCredential>,
+        #[serde(default = "default_forward_timeout")]
+        timeout_seconds: u64,
+    },
+    /// Writes one structured log line per event.
+    Log,
+}
+
+fn default_forward_timeout() -> u64 {
+    10
+}
+
+impl Settings {
+    /// Loads the layers and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        let mut environment = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true);
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "server.max_concurrent_requests",
+                "must be greater than 0",
+            ));
+        }
+        if self.server.request_timeout_seconds == 0 {
+            return Err(invalid(
+                "server.request_timeout_seconds",
+                "must be greater than 0",
+            ));
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(invalid("storage.path", "must not be empty"));
+        }
+        if self.storage.queue_capacity == 0 {
+            return Err(invalid("storage.queue_capacity", "must be greater than 0"));
+        }
+        if self.storage.max_batch == 0 {
+            return Err(invalid("storage.max_batch", "must be greater than 0"));
+        }
+        self.validate_auth()?;
+        if let Some(token) = &self.api.token
+            && token.expose().len() < 16
+        {
+            return Err(invalid("api.token", "must be at least 16 characters"));
+        }
+        self.validate_handlers()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        for (i, credential) in self.auth.basic.iter().enumerate() {
+            if credential.username.is_empty() || credential.username.contains(':') {
+                return Err(invalid(
+                    &format!("auth.basic[{i}].username"),
+                    "must be non-empty and contain no ':'",
+                ));
+            }
+            if credential.password.expose().is_empty() {
+                return Err(invalid(
+                    &format!("auth.basic[{i}].password"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if let Some(header) = &self.auth.header {
+            if axum::http::HeaderName::try_from(header.name.as_str()).is_err() {
+                return Err(invalid("auth.header.name", "is not a valid header name"));
+            }
+            if header.values.is_empty() || header.values.iter().any(|v| v.expose().is_empty()) {
+                return Err(invalid(
+                    "auth.header.values",
+                    "must list at least one non-empty value",
+                ));
+            }
+        }
+        if let Some(hmac) = &self.auth.hmac {
+            if hmac.secrets.is_empty() {
+                return Err(invalid("auth.hmac.secrets", "must list at least one secret"));
+            }
+            for (i, secret) in hmac.secrets.iter().enumerate() {
+                crate::auth::decode_hmac_secret(secret.expose()).map_err(|reason| {
+                    invalid(&format!("auth.hmac.secrets[{i}]"), reason.to_string())
+                })?;
+            }
+        }
+        if let Some(name) = &self.auth.trusted_proxy_header {
+            if axum::http::HeaderName::try_from(name.as_str()).is_err() {
+                return Err(invalid(
+                    "auth.trusted_proxy_header",
+                    "is not a valid header name",
+                ));
+            }
+            if self.auth.trusted_proxies.is_empty() {
+                return Err(invalid(
+                    "auth.trusted_proxies",
+                    "must list the proxies allowed to set auth.trusted_proxy_header",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The webhook endpoint needs a credential unless the operator opted out on purpose.
+    pub fn require_webhook_credential(&self) -> Result<(), ConfigError> {
+        if self.auth.has_credential() || self.auth.allow_unauthenticated {
+            return Ok(());
+        }
+        Err(invalid(
+            "auth",
+            "no webhook credential is configured: add [[auth.basic]], [auth.header] or \
+             [auth.hmac], or set auth.allow_unauthenticated = true to accept anonymous deliveries",
+        ))
+    }
+
+    fn validate_handlers(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, handler) in self.handlers.iter().enumerate() {
+            let key = |field: &str| format!("handlers[{i}].{field}");
+            let valid_name = !handler.name.is_empty()
+                && handler
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_name {
+                return Err(invalid(&key("name"), "must be letters, digits, '-' or '_'"));
+            }
+            if !names.insert(handler.name.as_str()) {
+                return Err(invalid(&key("name"), "is used by another handler"));
+            }
+            if handler.max_attempts == 0 {
+                return Err(invalid(&key("max_attempts"), "must be greater than 0"));
+            }
+            if handler.backoff_initial_ms == 0 || handler.backoff_max_ms < handler.backoff_initial_ms
+            {
+                return Err(invalid(
+                    &key("backoff_initial_ms"),
+                    "must be greater than 0 and at most backoff_max_ms",
+                ));
+            }
+            if let HandlerKind::Forward { url, .. } = &handler.kind {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| invalid(&key("url"), format!("is not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(invalid(&key("url"), "must be an http or https URL"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_toml(text: &str) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        Settings::load(Some(file.path()))
+    }
+
+    #[test]
+    fn the_embedded_defaults_load() {
+        let settings = Settings::load(None).unwrap();
+        assert_eq!(settings.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(settings.storage.synchronous, Synchronous::Full);
+        assert!(settings.require_webhook_credential().is_err());
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let error = load_toml("[server]\nmax_body_bytes = 0\n").unwrap_err();
+        assert!(error.to_string().contains("server.max_body_bytes"), "{error}");
+        let error = load_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(error.to_string().contains("listen"), "{error}");
+        let error = load_toml("[auth.hmac]\nsecrets = [\"whsec_!!\"]\n").unwrap_err();
+        assert!(error.to_string().contains("auth.hmac.secrets[0]"), "{error}");
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let settings = load_toml(
+            "[[auth.basic]]\nusername = \"rebilly\"\npassword = \"hunter2-very-secret\"\n\
+             [api]\ntoken = \"token-token-token-token\"\n",
+        )
+        .unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("token-token"), "{printed}");
+        assert!(printed.contains("rebilly"));
+    }
+
+    #[test]
+    fn handlers_are_read_from_a_tagged_list() {
+        let settings = load_toml(
+            "[[handlers]]\nname = \"crm\"\nkind = \"forward\"\nurl = \"http://127.0.0.1:9/x\"\n\
+             [[handlers]]\nname = \"audit\"\nkind = \"log\"\n",
+        )
+        .unwrap();
+        assert_eq!(settings.handlers.len(), 2);
+        assert!(matches!(settings.handlers[1].kind, HandlerKind::Log));
+        let error = load_toml(
+            "[[handlers]]\nname = \"a\"\nkind = \"log\"\n[[handlers]]\nname = \"a\"\nkind = \"log\"\n",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("handlers[1].name"), "{error}");
+    }
+}

@@ -1,0 +1,54 @@
+//! Forwards each event's raw body to another URL, with that URL's own credentials.
+
+use super::{AsyncHandler, DispatchedEvent, HandlerFuture};
+use crate::config::BasicCredential;
+use std::time::Duration;
+
+pub struct ForwardHandler {
+    client: reqwest::Client,
+    url: String,
+    basic: Option<BasicCredential>,
+}
+
+impl ForwardHandler {
+    pub fn new(url: &str, basic: Option<BasicCredential>, timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("rebilly-webhookd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client with default TLS settings builds");
+        Self {
+            client,
+            url: url.to_owned(),
+            basic,
+        }
+    }
+
+    async fn forward(&self, event: &DispatchedEvent) -> Result<(), String> {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .header("X-Rebilly-Webhookd-Event-Id", event.id.to_string())
+            .body(event.body.clone());
+        if let Some(basic) = &self.basic {
+            request = request.basic_auth(&basic.username, Some(basic.password.expose()));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", e.without_url()))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the target answered {status}"))
+        }
+    }
+}
+
+impl AsyncHandler for ForwardHandler {
+    fn handle<'a>(&'a self, event: &'a DispatchedEvent) -> HandlerFuture<'a> {
+        Box::pin(self.forward(event))
+    }
+}

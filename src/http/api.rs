@@ -1,0 +1,164 @@
+//! The query and admin endpoints, behind `Authorization: Bearer <api.token>`.
+
+use super::AppState;
+use super::problem::Problem;
+use crate::admin;
+use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use subtle::ConstantTimeEq;
+
+/// Rejects requests without the configured bearer token, comparing in constant time.
+pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &state.api_token else {
+        return Problem::unauthorized("the query API is disabled: set api.token").into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let valid = presented.is_some_and(|token| {
+        let a = sha2_digest(token.as_bytes());
+        let b = sha2_digest(expected.expose().as_bytes());
+        bool::from(a.ct_eq(&b))
+    });
+    if !valid {
+        return Problem::unauthorized("missing or invalid bearer token")
+            .with_header(header::WWW_AUTHENTICATE, "Bearer")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Refuses query parameters the endpoint does not know, naming them.
+fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Problem> {
+    let mut unknown: Vec<&str> = params
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(Problem::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "invalid-query",
+        "Invalid query",
+        format!(
+            "unknown query parameter(s): {}; known: {}",
+            unknown.join(", "),
+            known.join(", ")
+        ),
+    )
+    .with_field(Some(unknown[0].to_owned())))
+}
+
+pub async fn get_customer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    match state.queries.customer(id.clone()).await? {
+        Some(customer) => Ok(Json(customer)),
+        None => Err(Problem::not_found(format!("no customer with id {id}"))),
+    }
+}
+
+pub async fn list_customers(
+    State(state): State<AppState>,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    reject_unknown(&params, &["limit", "offset", "sort", "filter", "q", "fields"])?;
+    let options = ListOptions {
+        limit: params.remove("limit"),
+        offset: params.remove("offset"),
+        sort: params.remove("sort"),
+        filter: params.remove("filter"),
+        q: params.remove("q"),
+        fields: params.remove("fields"),
+    };
+    let query = CustomerQuery::parse(&options).map_err(|e| Problem::bad_query(&e))?;
+    let page = state.queries.customers(query).await?;
+    let mut response = Json(page.customers).into_response();
+    pagination_headers(response.headers_mut(), page.total, page.limit, page.offset);
+    Ok(response)
+}
+
+fn pagination_headers(headers: &mut HeaderMap, total: u64, limit: u32, offset: u32) {
+    for (name, value) in [
+        ("pagination-total", total),
+        ("pagination-limit", u64::from(limit)),
+        ("pagination-offset", u64::from(offset)),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+}
+
+pub async fn list_events(
+    State(state): State<AppState>,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    reject_unknown(
+        &params,
+        &["customerId", "status", "eventType", "limit", "offset"],
+    )?;
+    let options = EventListOptions {
+        customer_id: params.remove("customerId"),
+        status: params.remove("status"),
+        event_type: params.remove("eventType"),
+        limit: params.remove("limit"),
+        offset: params.remove("offset"),
+    };
+    let filter = parse_event_filter(&options).map_err(|e| Problem::bad_query(&e))?;
+    let (limit, offset) = (filter.limit, filter.offset);
+    let (events, total) = state.queries.events(filter).await?;
+    let mut response = Json(events).into_response();
+    pagination_headers(response.headers_mut(), total, limit, offset);
+    Ok(response)
+}
+
+pub async fn get_event(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<crate::storage::EventDetail>, Problem> {
+    state
+        .queries
+        .event(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("no event with id {id}")))
+}
+
+pub async fn replay_event(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    match admin::replay_event(&state.pipeline, id).await? {
+        Some(receipt) => Ok(Json(admin::replay_report(id, &receipt))),
+        None => Err(Problem::not_found(format!(
+            "no event with id {id}, or its body was pruned"
+        ))),
+    }
+}
+
+pub async fn redrive_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    if !state.handler_names.contains(&name) {
+        return Err(Problem::not_found(format!("no handler named {name}")));
+    }
+    let count = admin::redrive(state.pipeline.store(), name.clone()).await?;
+    Ok(Json(serde_json::json!({"handler": name, "redriven": count})))
+}

@@ -1,0 +1,67 @@
+//! Retention: raw bodies older than `storage.retention_days` are pruned in small batches, in
+//! the background, keeping each event's metadata and the projection. Small batches keep every
+//! pruning transaction short, so ingest never waits long behind it.
+
+use crate::clock::now_ms;
+use crate::config::StorageSettings;
+use crate::storage::{StorageError, Store};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Bodies cleared per transaction.
+pub const PRUNE_BATCH: i64 = 500;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// The cut-off, in Unix milliseconds, for bodies older than `days`.
+pub fn cutoff_ms(days: u64, now_ms: i64) -> i64 {
+    now_ms.saturating_sub((days as i64).saturating_mul(DAY_MS))
+}
+
+/// Clears the raw bodies of events received before `cutoff_ms`; returns how many.
+pub async fn prune_before(store: &Store, cutoff_ms: i64) -> Result<u64, StorageError> {
+    let mut total = 0;
+    loop {
+        let cleared = store
+            .write(move |tx| {
+                Ok(tx.execute(
+                    "UPDATE events SET body = NULL WHERE id IN (
+                         SELECT id FROM events
+                         WHERE body IS NOT NULL AND received_ms < ?1 LIMIT ?2)",
+                    rusqlite::params![cutoff_ms, PRUNE_BATCH],
+                )?)
+            })
+            .await? as u64;
+        total += cleared;
+        if cleared < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+        // Let deliveries queued meanwhile go first.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Starts the background pruner when a retention period is configured.
+pub fn spawn(
+    settings: &StorageSettings,
+    store: Store,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let days = settings.retention_days;
+    if days == 0 {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        loop {
+            match prune_before(&store, cutoff_ms(days, now_ms())).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, days, "pruned raw bodies past retention"),
+                Err(error) => tracing::error!(error = %error, "pruning failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }))
+}

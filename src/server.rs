@@ -1,0 +1,131 @@
+//! The daemon: storage, handler workers and the HTTP server, started together and stopped
+//! gracefully. `run` takes its listener and shutdown signal from the caller, so tests bind
+//! port 0 and stop the server when they like.
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::dispatch;
+use crate::http::{self, AppState};
+use crate::ingest::Pipeline;
+use crate::query::Queries;
+use crate::retention;
+use crate::storage::Store;
+use crate::telemetry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds the configured address; port 0 picks a free port.
+pub async fn bind(settings: &Settings) -> Result<TcpListener, ServeError> {
+    let address = settings.server.listen;
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })
+}
+
+/// Runs until `shutdown` completes, then stops accepting, answers what is in flight, lets the
+/// handlers finish their current event and flushes the writer, within the grace period.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    settings.require_webhook_credential()?;
+    if settings.auth.allow_unauthenticated && !settings.auth.has_credential() {
+        tracing::warn!(
+            "UNAUTHENTICATED MODE: auth.allow_unauthenticated is set and no webhook credential is \
+             configured; anyone who can reach this port can write events"
+        );
+    }
+    let store = Store::open(&settings.storage)?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, database = %settings.storage.path.display(), "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = dispatch::spawn_all(&settings.handlers, &store, stop_rx.clone());
+    let pruner = retention::spawn(&settings.storage, store.clone(), stop_rx.clone());
+    let state = AppState {
+        pipeline: Pipeline::new(store.clone()),
+        queries: Queries::new(store.clone()),
+        authenticator: Arc::new(Authenticator::new(&settings.auth)),
+        api_token: settings.api.token.clone(),
+        max_body_bytes: settings.server.max_body_bytes,
+        handler_names: Arc::new(settings.handlers.iter().map(|h| h.name.clone()).collect()),
+        metrics: telemetry::metrics_handle(),
+    };
+    let app = http::router(state, settings.server.request_timeout())
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            settings.server.max_concurrent_requests,
+        ))
+        .into_make_service_with_connect_info::<SocketAddr>();
+
+    let (signalled_tx, mut signalled_rx) = watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        let _ = signalled_tx.send(true);
+    });
+    let grace = settings.server.shutdown_grace();
+    let serving = tokio::spawn(async move { server.await });
+    // The grace period starts at the signal; the server normally finishes well before it.
+    let finished = async {
+        let _ = signalled_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    let outcome = tokio::select! {
+        result = serving => result.map_err(|e| std::io::Error::other(e.to_string()))?,
+        _ = finished => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "grace period over; closing");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    for worker in workers.into_iter().chain(pruner) {
+        let _ = tokio::time::timeout(grace, worker).await;
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(outcome?)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}

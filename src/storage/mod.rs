@@ -1,0 +1,255 @@
+//! Storage: the event log, the dedupe keys, the projection tables and handler state, in SQLite.
+//!
+//! The rest of the crate sees only [`Store`]: an asynchronous interface whose writes go to one
+//! writer thread (which groups waiting deliveries into one transaction) and whose reads run on
+//! pooled WAL reader connections in the blocking pool. No rusqlite call ever runs on an async
+//! worker thread. SQLite is the embedded backend; this interface is the seam for others.
+
+mod connection;
+mod events;
+pub mod handler_state;
+mod migrations;
+mod readers;
+mod writer;
+
+pub use events::{
+    EventDetail, EventFilter, EventRecord, HandlerAttempt, detail as event_detail,
+    list as list_events, raw_body,
+};
+pub use migrations::MIGRATIONS;
+
+use crate::config::StorageSettings;
+use crate::event::{Event, ParseError};
+use axum::body::Bytes;
+use readers::Readers;
+use rusqlite::Connection;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+use writer::{Command, Delivery, Job};
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Applied,
+    Stale,
+    Duplicate,
+    Ignored,
+    Rejected,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Self::Applied,
+        Self::Stale,
+        Self::Duplicate,
+        Self::Ignored,
+        Self::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// The answer for one committed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    pub event_id: i64,
+    pub status: Status,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("the writer queue is full")]
+    Overloaded,
+    #[error("the storage writer has stopped")]
+    WriterGone,
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("cannot prepare the database folder: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a blocking database task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Incomplete(String),
+    /// rusqlite errors are not `Clone`: a failed commit reaches every request of its batch as text.
+    #[error("the batch could not be committed: {0}")]
+    Commit(String),
+}
+
+/// A received body with its parse result, ready for the writer.
+pub struct NewDelivery {
+    pub body: Bytes,
+    pub parsed: Result<Event, ParseError>,
+    pub received_ms: i64,
+}
+
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    readers: Readers,
+    /// The id of the newest committed event; asynchronous handlers wait on it.
+    committed: watch::Receiver<i64>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The storage handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database, then starts the writer thread.
+    pub fn open(settings: &StorageSettings) -> Result<Self, StorageError> {
+        if let Some(parent) = settings.path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut conn = connection::open_writer(&settings.path, settings.synchronous)?;
+        MIGRATIONS.to_latest(&mut conn)?;
+        let last_id: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+        let (committed_tx, committed) = watch::channel(last_id);
+        let (commands, receiver) = mpsc::channel(settings.queue_capacity);
+        let writer = writer::spawn(conn, receiver, settings.max_batch, committed_tx)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                commands,
+                readers: Readers::new(settings.path.clone()),
+                committed,
+                writer: std::sync::Mutex::new(Some(writer)),
+            }),
+        })
+    }
+
+    /// Stores a delivery and applies it to the projection; answers once the commit is durable.
+    /// A full queue is answered at once with [`StorageError::Overloaded`].
+    pub async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
+        self.shared
+            .commands
+            .try_send(command)
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => StorageError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
+            })?;
+        answer.await.map_err(|_| StorageError::WriterGone)?
+    }
+
+    /// Queues a delivery, waiting for room instead of refusing (offline replay). Deliveries
+    /// queued one after the other keep their order; the returned future yields the answer.
+    pub async fn enqueue(
+        &self,
+        delivery: NewDelivery,
+    ) -> Result<impl Future<Output = Result<Ingested, StorageError>> + use<>, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
+        self.shared
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        Ok(async move { answer.await.map_err(|_| StorageError::WriterGone)? })
+    }
+
+    /// Runs `work` in its own write transaction on the writer thread.
+    pub async fn write<R, F>(&self, work: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StorageError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &mut Connection| {
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let value = work(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            let _ = reply.send(result);
+        });
+        self.shared
+            .commands
+            .send(Command::Job(job))
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        answer.await.map_err(|_| StorageError::WriterGone)?
+    }
+
+    /// Runs `work` on a pooled read-only connection in the blocking pool.
+    pub async fn read<R, F>(&self, work: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.readers.with(work)).await?
+    }
+
+    /// Recomputes the projection from the event log; see `writer::rebuild_projection`.
+    pub async fn rebuild_projection(&self) -> Result<u64, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &mut Connection| {
+            let _ = reply.send(writer::rebuild_projection(conn));
+        });
+        self.shared
+            .commands
+            .send(Command::Job(job))
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        answer.await.map_err(|_| StorageError::WriterGone)?
+    }
+
+    /// Watches the id of the newest committed event.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.shared.committed.clone()
+    }
+
+    /// Deliveries waiting for the writer right now.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.commands.max_capacity() - self.shared.commands.capacity()
+    }
+
+    /// Proves the database accepts a write (readiness).
+    pub async fn probe_write(&self) -> Result<(), StorageError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO probe (id, checked_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms",
+                [crate::clock::now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops the writer after it has committed everything queued before this call.
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        let stop: Job = Box::new(move |_conn: &mut Connection| {
+            let _ = reply.send(());
+        });
+        if self.shared.commands.send(Command::Stop(stop)).await.is_ok() {
+            let _ = done.await;
+        }
+        let handle = self.shared.writer.lock().expect("writer handle lock").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
