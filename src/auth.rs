@@ -6,10 +6,10 @@
 
 use crate::config::AuthSettings;
 use crate::secret::Secret;
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use axum::body::Bytes;
 use hmac::{Hmac, Mac};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -165,7 +165,11 @@ impl Authenticator {
     }
 
     /// The checks over the body; the only way to obtain an [`AuthenticatedBody`] from a request.
-    pub fn check_body(&self, headers: &HeaderMap, body: Bytes) -> Result<AuthenticatedBody, AuthError> {
+    pub fn check_body(
+        &self,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<AuthenticatedBody, AuthError> {
         if let Some(verifier) = &self.hmac {
             verifier.verify(headers, &body, unix_now())?;
         }
@@ -227,7 +231,10 @@ impl Authenticator {
         };
         let presented = headers.get(name).ok_or(AuthError::Header)?;
         let candidate = digest(presented.as_bytes());
-        let accepted: Vec<[u8; 32]> = values.iter().map(|v| digest(v.expose().as_bytes())).collect();
+        let accepted: Vec<[u8; 32]> = values
+            .iter()
+            .map(|v| digest(v.expose().as_bytes()))
+            .collect();
         if any_matches(&candidate, accepted.iter().map(|d| d.as_slice())) {
             Ok(())
         } else {
@@ -317,7 +324,10 @@ mod tests {
     fn basic_header(user: &str, password: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let value = format!("Basic {}", BASE64.encode(format!("{user}:{password}")));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
         headers
     }
 
@@ -333,13 +343,22 @@ mod tests {
             });
         }
         let auth = Authenticator::new(&s);
-        assert!(auth.check_headers(&basic_header("rebilly", "old-password"), LOCAL).is_ok());
-        assert!(auth.check_headers(&basic_header("rebilly", "new-password"), LOCAL).is_ok());
+        assert!(
+            auth.check_headers(&basic_header("rebilly", "old-password"), LOCAL)
+                .is_ok()
+        );
+        assert!(
+            auth.check_headers(&basic_header("rebilly", "new-password"), LOCAL)
+                .is_ok()
+        );
         assert_eq!(
             auth.check_headers(&basic_header("rebilly", "nope"), LOCAL),
             Err(AuthError::Basic)
         );
-        assert_eq!(auth.check_headers(&HeaderMap::new(), LOCAL), Err(AuthError::Basic));
+        assert_eq!(
+            auth.check_headers(&HeaderMap::new(), LOCAL),
+            Err(AuthError::Basic)
+        );
     }
 
     #[test]
@@ -369,15 +388,27 @@ mod tests {
             Err(AuthError::NetworkNotAllowed),
             "the header is ignored unless a proxy is trusted"
         );
-        assert!(auth.check_headers(&headers, "203.0.113.7".parse().unwrap()).is_ok());
+        assert!(
+            auth.check_headers(&headers, "203.0.113.7".parse().unwrap())
+                .is_ok()
+        );
 
         s.trusted_proxy_header = Some("X-Forwarded-For".into());
         s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
         let auth = Authenticator::new(&s);
-        headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1, 203.0.113.9"));
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.1, 203.0.113.9"),
+        );
         assert!(auth.check_headers(&headers, LOCAL).is_ok());
-        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 198.51.100.1"));
-        assert_eq!(auth.check_headers(&headers, LOCAL), Err(AuthError::NetworkNotAllowed));
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 198.51.100.1"),
+        );
+        assert_eq!(
+            auth.check_headers(&headers, LOCAL),
+            Err(AuthError::NetworkNotAllowed)
+        );
     }
 
     #[test]
@@ -385,7 +416,10 @@ mod tests {
         let key = b"0123456789abcdef0123456789abcdef";
         let secret = format!("whsec_{}", BASE64.encode(key));
         let verifier = HmacVerifier {
-            keys: HmacKeys(vec![b"another-key".to_vec(), decode_hmac_secret(&secret).unwrap()]),
+            keys: HmacKeys(vec![
+                b"another-key".to_vec(),
+                decode_hmac_secret(&secret).unwrap(),
+            ]),
             tolerance_seconds: 300,
         };
         let body = br#"{"eventType":"customer-created"}"#;
@@ -396,10 +430,19 @@ mod tests {
         let both = format!("v1,AAAA v1,{signature}");
         headers.insert("webhook-signature", HeaderValue::from_str(&both).unwrap());
         assert!(verifier.verify(&headers, body, 1100).is_ok());
-        assert_eq!(verifier.verify(&headers, body, 1400), Err(AuthError::Timestamp));
-        assert_eq!(verifier.verify(&headers, b"{}", 1000), Err(AuthError::Signature));
+        assert_eq!(
+            verifier.verify(&headers, body, 1400),
+            Err(AuthError::Timestamp)
+        );
+        assert_eq!(
+            verifier.verify(&headers, b"{}", 1000),
+            Err(AuthError::Signature)
+        );
         headers.insert("webhook-id", HeaderValue::from_static("msg_2"));
-        assert_eq!(verifier.verify(&headers, body, 1000), Err(AuthError::Signature));
+        assert_eq!(
+            verifier.verify(&headers, body, 1000),
+            Err(AuthError::Signature)
+        );
     }
 
     #[test]
@@ -410,10 +453,16 @@ mod tests {
             password: Secret::new("pa55word"),
         });
         s.hmac = Some(HmacSettings {
-            secrets: vec![Secret::new(format!("whsec_{}", BASE64.encode("k3y-material")))],
+            secrets: vec![Secret::new(format!(
+                "whsec_{}",
+                BASE64.encode("k3y-material")
+            ))],
             tolerance_seconds: 300,
         });
         let printed = format!("{:?}", Authenticator::new(&s));
-        assert!(!printed.contains("pa55word") && !printed.contains("k3y"), "{printed}");
+        assert!(
+            !printed.contains("pa55word") && !printed.contains("k3y"),
+            "{printed}"
+        );
     }
 }

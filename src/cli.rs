@@ -14,10 +14,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "rebilly-webhookd", version, about = "A durable receiver for Rebilly webhooks")]
+#[command(
+    name = "rebilly-webhookd",
+    version,
+    about = "A durable receiver for Rebilly webhooks"
+)]
 pub struct Cli {
     /// Configuration file (TOML); built-in defaults and REBILLY_WEBHOOKD__* variables apply.
-    #[arg(long, global = true, value_name = "FILE", env = "REBILLY_WEBHOOKD_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "REBILLY_WEBHOOKD_CONFIG"
+    )]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -180,7 +189,9 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
         Command::Events(command) => events(&settings, command).await,
         Command::Handlers(HandlersCommand::Redrive { name }) => {
             if !settings.handlers.iter().any(|h| h.name == name) {
-                return Err(Failure(format!("no handler named {name} in the configuration")));
+                return Err(Failure(format!(
+                    "no handler named {name} in the configuration"
+                )));
             }
             let store = Store::open(&settings.storage)?;
             let count = admin::redrive(&store, name.clone()).await?;
@@ -199,7 +210,9 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
             let results = send::send_files(&url, basic.as_deref(), &files).await?;
             for sent in &results {
                 match &sent.result {
-                    Ok((status, body)) => println!("{}: {status} {}", sent.path.display(), body.trim()),
+                    Ok((status, body)) => {
+                        println!("{}: {status} {}", sent.path.display(), body.trim())
+                    }
                     Err(error) => println!("{}: error: {error}", sent.path.display()),
                 }
             }
@@ -301,7 +314,9 @@ async fn events_with(store: &Store, command: EventsCommand) -> Result<ExitCode, 
                     print_json(&admin::replay_report(id, &receipt));
                     Ok(exit_code(receipt.status != Status::Rejected))
                 }
-                None => Err(Failure(format!("no event with id {id}, or its body was pruned"))),
+                None => Err(Failure(format!(
+                    "no event with id {id}, or its body was pruned"
+                ))),
             }
         }
         EventsCommand::Prune {
@@ -333,7 +348,10 @@ fn replay_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
         } else if path.is_file() {
             files.push(path.clone());
         } else {
-            return Err(Failure(format!("{}: no such file or folder", path.display())));
+            return Err(Failure(format!(
+                "{}: no such file or folder",
+                path.display()
+            )));
         }
     }
     Ok(files)
@@ -359,7 +377,8 @@ async fn replay(settings: &Settings, paths: &[PathBuf]) -> Result<ExitCode, Fail
     let files = replay_files(paths)?;
     let store = Store::open(&settings.storage)?;
     let pipeline = Pipeline::new(store.clone());
-    let mut counts: BTreeMap<&'static str, u64> = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    let mut counts: BTreeMap<&'static str, u64> =
+        Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut in_flight = VecDeque::new();
     let mut failed = false;
     for path in files {
@@ -389,7 +408,11 @@ async fn replay(settings: &Settings, paths: &[PathBuf]) -> Result<ExitCode, Fail
     store.close().await;
     let rejected = counts["rejected"];
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("replayed {} bodies: {}", counts.values().sum::<u64>(), summary.join(", "));
+    println!(
+        "replayed {} bodies: {}",
+        counts.values().sum::<u64>(),
+        summary.join(", ")
+    );
     Ok(exit_code(rejected == 0 && !failed))
 }
 

@@ -222,8 +222,7 @@ fn default_forward_timeout() -> u64 {
 impl Settings {
     /// Loads the layers and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
@@ -302,7 +301,10 @@ impl Settings {
         }
         if let Some(hmac) = &self.auth.hmac {
             if hmac.secrets.is_empty() {
-                return Err(invalid("auth.hmac.secrets", "must list at least one secret"));
+                return Err(invalid(
+                    "auth.hmac.secrets",
+                    "must list at least one secret",
+                ));
             }
             for (i, secret) in hmac.secrets.iter().enumerate() {
                 crate::auth::decode_hmac_secret(secret.expose()).map_err(|reason| {
@@ -357,7 +359,8 @@ impl Settings {
             if handler.max_attempts == 0 {
                 return Err(invalid(&key("max_attempts"), "must be greater than 0"));
             }
-            if handler.backoff_initial_ms == 0 || handler.backoff_max_ms < handler.backoff_initial_ms
+            if handler.backoff_initial_ms == 0
+                || handler.backoff_max_ms < handler.backoff_initial_ms
             {
                 return Err(invalid(
                     &key("backoff_initial_ms"),
@@ -398,11 +401,17 @@ mod tests {
     #[test]
     fn errors_name_the_bad_key() {
         let error = load_toml("[server]\nmax_body_bytes = 0\n").unwrap_err();
-        assert!(error.to_string().contains("server.max_body_bytes"), "{error}");
+        assert!(
+            error.to_string().contains("server.max_body_bytes"),
+            "{error}"
+        );
         let error = load_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(error.to_string().contains("listen"), "{error}");
         let error = load_toml("[auth.hmac]\nsecrets = [\"whsec_!!\"]\n").unwrap_err();
-        assert!(error.to_string().contains("auth.hmac.secrets[0]"), "{error}");
+        assert!(
+            error.to_string().contains("auth.hmac.secrets[0]"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -150,7 +150,9 @@ pub enum Event {
     CustomerMerged(CustomerMerged),
     ExperianCheckPerformed(ExperianCheck),
     /// Any other Rebilly event type: kept in the log, answered `ignored`.
-    Other { event_type: String },
+    Other {
+        event_type: String,
+    },
 }
 
 impl Event {
@@ -406,6 +408,10 @@ fn customer(
         }
         (Some(id), _) => id,
         (None, Some(expected)) => expected.clone(),
+        // A created or updated event names its customer twice; report the top-level field.
+        (None, None) if path == "_embedded.customer" => {
+            return Err(ParseError::unusable("customerId", "is missing"));
+        }
         (None, None) => return Err(ParseError::unusable(id_field, "is missing")),
     };
     let revision = match resource.get("revision") {
@@ -417,7 +423,10 @@ fn customer(
     let updated_time = match resource.get("updatedTime") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-            ParseError::unusable(format!("{path}.updatedTime"), "must be an RFC 3339 date-time")
+            ParseError::unusable(
+                format!("{path}.updatedTime"),
+                "must be an RFC 3339 date-time",
+            )
         })?),
         Some(_) => {
             return Err(ParseError::unusable(
@@ -513,8 +522,10 @@ mod tests {
             "duplicatedCustomer"
         );
         assert_eq!(
-            unusable_field(json!({"eventType": "experian-check-performed", "customerId": "a",
-                "outcome": 2})),
+            unusable_field(
+                json!({"eventType": "experian-check-performed", "customerId": "a",
+                "outcome": 2})
+            ),
             "outcome"
         );
     }

@@ -62,7 +62,10 @@ fn column(field: &str, parameter: &str) -> Result<&'static str, QueryError> {
             let known: Vec<&str> = LIST_FIELDS.iter().map(|(name, _)| *name).collect();
             query_error(
                 parameter,
-                format!("unknown field `{field}`; known fields: {}", known.join(", ")),
+                format!(
+                    "unknown field `{field}`; known fields: {}",
+                    known.join(", ")
+                ),
             )
         })
 }
@@ -142,7 +145,10 @@ fn parse_filter(raw: &str) -> Result<Vec<(&'static str, Vec<FilterValue>)>, Quer
                 .split(',')
                 .map(|v| filter_value(column, field.trim(), v.trim()))
                 .collect::<Result<Vec<_>, _>>()?;
-            if values.iter().any(|v| *v == FilterValue::Text(String::new())) {
+            if values
+                .iter()
+                .any(|v| *v == FilterValue::Text(String::new()))
+            {
                 return Err(query_error(
                     "filter",
                     format!("`{}` has an empty value", field.trim()),
@@ -191,7 +197,12 @@ impl CustomerQuery {
         Ok(Self {
             limit: parse_limit(options.limit.as_deref())?,
             offset: parse_offset(options.offset.as_deref())?,
-            sort: options.sort.as_deref().map(parse_sort).transpose()?.unwrap_or_default(),
+            sort: options
+                .sort
+                .as_deref()
+                .map(parse_sort)
+                .transpose()?
+                .unwrap_or_default(),
             filters: options
                 .filter
                 .as_deref()
@@ -204,12 +215,19 @@ impl CustomerQuery {
     }
 
     fn condition(&self) -> (String, Vec<Box<dyn ToSql + Send>>) {
-        let mut clauses = vec!["merged_into IS NULL".to_owned(), "snapshot IS NOT NULL".to_owned()];
+        let mut clauses = vec![
+            "merged_into IS NULL".to_owned(),
+            "snapshot IS NOT NULL".to_owned(),
+        ];
         let mut values: Vec<Box<dyn ToSql + Send>> = Vec::new();
         for (column, choices) in &self.filters {
             let marks = vec!["?"; choices.len()].join(", ");
             clauses.push(format!("{column} IN ({marks})"));
-            values.extend(choices.iter().map(|v| Box::new(v.clone()) as Box<dyn ToSql + Send>));
+            values.extend(
+                choices
+                    .iter()
+                    .map(|v| Box::new(v.clone()) as Box<dyn ToSql + Send>),
+            );
         }
         if let Some(search) = &self.search {
             clauses.push("search LIKE ? ESCAPE '\\'".to_owned());
@@ -308,13 +326,18 @@ fn view_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Map<String, Value>
 
 pub fn customer(conn: &Connection, id: &str) -> Result<Option<Value>, StorageError> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {VIEW_COLUMNS} FROM customers WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM customers WHERE id = ?1"
+        ))?
         .query_row([id], view_from_row)
         .optional()?
         .map(Value::Object))
 }
 
-pub fn list_customers(conn: &Connection, query: &CustomerQuery) -> Result<CustomerPage, StorageError> {
+pub fn list_customers(
+    conn: &Connection,
+    query: &CustomerQuery,
+) -> Result<CustomerPage, StorageError> {
     let (condition, mut values) = query.condition();
     let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref() as &dyn ToSql).collect();
     let total: u64 = conn
@@ -388,7 +411,9 @@ impl Queries {
     }
 
     pub async fn customers(&self, query: CustomerQuery) -> Result<CustomerPage, StorageError> {
-        self.store.read(move |conn| list_customers(conn, &query)).await
+        self.store
+            .read(move |conn| list_customers(conn, &query))
+            .await
     }
 
     pub async fn events(
@@ -400,7 +425,10 @@ impl Queries {
             .await
     }
 
-    pub async fn event(&self, id: i64) -> Result<Option<crate::storage::EventDetail>, StorageError> {
+    pub async fn event(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::storage::EventDetail>, StorageError> {
         self.store
             .read(move |conn| crate::storage::event_detail(conn, id))
             .await
@@ -421,7 +449,8 @@ mod tests {
 
     #[test]
     fn filters_and_sorts_parse_into_columns() {
-        let query = CustomerQuery::parse(&options("country:FR,DE;revision:3", "-createdTime")).unwrap();
+        let query =
+            CustomerQuery::parse(&options("country:FR,DE;revision:3", "-createdTime")).unwrap();
         assert_eq!(query.sort, vec![("created_time", true)]);
         assert_eq!(query.filters.len(), 2);
         assert_eq!(query.filters[1].1, vec![FilterValue::Integer(3)]);

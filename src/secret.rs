@@ -37,7 +37,10 @@ mod tests {
     #[test]
     fn a_secret_prints_redacted() {
         let secret = Secret::new("s3cr3t");
-        assert_eq!(format!("{secret:?} {secret}"), "Secret([redacted]) [redacted]");
+        assert_eq!(
+            format!("{secret:?} {secret}"),
+            "Secret([redacted]) [redacted]"
+        );
         assert_eq!(secret.expose(), "s3cr3t");
     }
 }

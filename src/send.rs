@@ -64,13 +64,19 @@ async fn post_file(
     // As Rebilly does: JSON with a charset, and a new connection for every delivery.
     let mut request = client
         .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
         .header(reqwest::header::CONNECTION, "close")
         .body(body);
     if let Some(value) = authorization {
         request = request.header(reqwest::header::AUTHORIZATION, value);
     }
-    let response = request.send().await.map_err(|e| format!("request failed: {e}"))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
     let status = response.status().as_u16();
     let text = response
         .text()

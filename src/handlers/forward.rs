@@ -28,7 +28,10 @@ impl ForwardHandler {
         let mut request = self
             .client
             .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=utf-8",
+            )
             .header("X-Rebilly-Webhookd-Event-Id", event.id.to_string())
             .body(event.body.clone());
         if let Some(basic) = &self.basic {

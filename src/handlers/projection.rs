@@ -162,7 +162,11 @@ fn write_snapshot(conn: &Connection, event_id: i64, customer: &Customer) -> rusq
     Ok(())
 }
 
-fn apply_merge(conn: &Connection, event_id: i64, merge: &CustomerMerged) -> rusqlite::Result<Effect> {
+fn apply_merge(
+    conn: &Connection,
+    event_id: i64,
+    merge: &CustomerMerged,
+) -> rusqlite::Result<Effect> {
     let duplicated = &merge.duplicated;
     let current = stored(conn, duplicated.id.as_str())?;
     // Keep the last description of the merged-away customer, for `GET /customers/{id}`.
@@ -191,7 +195,11 @@ fn apply_merge(conn: &Connection, event_id: i64, merge: &CustomerMerged) -> rusq
     }
 }
 
-fn apply_experian(conn: &Connection, event_id: i64, check: &ExperianCheck) -> rusqlite::Result<Effect> {
+fn apply_experian(
+    conn: &Connection,
+    event_id: i64,
+    check: &ExperianCheck,
+) -> rusqlite::Result<Effect> {
     let summary = check.summary().to_string();
     // The latest check received wins; a replayed older event never hides a newer check.
     conn.prepare_cached(
@@ -231,7 +239,8 @@ fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
 impl QueryFields {
     fn of(resource: &Map<String, Value>) -> Self {
         let address = resource.get("primaryAddress").and_then(Value::as_object);
-        let from_either = |key: &str| text(resource, key).or_else(|| address.and_then(|a| text(a, key)));
+        let from_either =
+            |key: &str| text(resource, key).or_else(|| address.and_then(|a| text(a, key)));
         let emails: Vec<String> = address
             .and_then(|a| a.get("emails"))
             .and_then(Value::as_array)
@@ -299,9 +308,21 @@ mod tests {
 
     #[test]
     fn a_lower_or_equal_revision_never_overwrites_a_higher_one() {
-        assert!(!supersedes(&customer(Some(2), None), 10, &stored_with(Some(3), None, 1)));
-        assert!(!supersedes(&customer(Some(3), None), 10, &stored_with(Some(3), None, 1)));
-        assert!(supersedes(&customer(Some(4), None), 10, &stored_with(Some(3), None, 1)));
+        assert!(!supersedes(
+            &customer(Some(2), None),
+            10,
+            &stored_with(Some(3), None, 1)
+        ));
+        assert!(!supersedes(
+            &customer(Some(3), None),
+            10,
+            &stored_with(Some(3), None, 1)
+        ));
+        assert!(supersedes(
+            &customer(Some(4), None),
+            10,
+            &stored_with(Some(3), None, 1)
+        ));
     }
 
     #[test]

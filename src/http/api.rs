@@ -13,7 +13,11 @@ use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
 /// Rejects requests without the configured bearer token, comparing in constant time.
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = &state.api_token else {
         return Problem::unauthorized("the query API is disabled: set api.token").into_response();
     };
@@ -79,7 +83,10 @@ pub async fn list_customers(
     State(state): State<AppState>,
     Query(mut params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    reject_unknown(&params, &["limit", "offset", "sort", "filter", "q", "fields"])?;
+    reject_unknown(
+        &params,
+        &["limit", "offset", "sort", "filter", "q", "fields"],
+    )?;
     let options = ListOptions {
         limit: params.remove("limit"),
         offset: params.remove("offset"),
@@ -160,5 +167,7 @@ pub async fn redrive_handler(
         return Err(Problem::not_found(format!("no handler named {name}")));
     }
     let count = admin::redrive(state.pipeline.store(), name.clone()).await?;
-    Ok(Json(serde_json::json!({"handler": name, "redriven": count})))
+    Ok(Json(
+        serde_json::json!({"handler": name, "redriven": count}),
+    ))
 }

@@ -41,7 +41,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/events/{id}", get(api::get_event))
         .route("/events/{id}/replay", post(api::replay_event))
         .route("/handlers/{name}/redrive", post(api::redrive_handler))
-        .route_layer(middleware::from_fn_with_state(state.clone(), api::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api::require_token,
+        ));
     Router::new()
         .route("/webhooks/rebilly", post(webhook::receive))
         .route("/healthz", get(healthz))

@@ -8,11 +8,11 @@ use crate::event::ParseError;
 use crate::ingest::Receipt;
 use crate::storage::Status;
 use crate::telemetry::{self, Refusal};
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -61,6 +61,7 @@ async fn deliver(
     span.record("event_type", receipt.event_type.as_deref().unwrap_or(""));
     span.record("customer_id", receipt.customer_id.as_deref().unwrap_or(""));
     span.record("outcome", receipt.status.as_str());
+    tracing::info!(status = receipt.status.as_str(), "delivery stored");
     Ok(receipt)
 }
 

@@ -45,7 +45,9 @@ pub fn insert(conn: &Connection, row: &EventRow<'_>) -> rusqlite::Result<()> {
 /// Claims a dedupe key for `event_id`; returns the event that already owns it, if any.
 pub fn claim_key(conn: &Connection, key: &str, event_id: i64) -> rusqlite::Result<Option<i64>> {
     let inserted = conn
-        .prepare_cached("INSERT INTO dedupe_keys (key, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+        .prepare_cached(
+            "INSERT INTO dedupe_keys (key, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?
         .execute(params![key, event_id])?;
     if inserted == 1 {
         return Ok(None);
@@ -68,8 +70,7 @@ pub struct EventRecord {
     pub error: Option<String>,
 }
 
-const RECORD_COLUMNS: &str =
-    "id, received_ms, event_type, customer_id, revision, status, error";
+const RECORD_COLUMNS: &str = "id, received_ms, event_type, customer_id, revision, status, error";
 
 fn record(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
     Ok(EventRecord {
@@ -94,7 +95,10 @@ pub struct EventFilter {
 }
 
 /// Lists events newest first; returns the page and the total matching count.
-pub fn list(conn: &Connection, filter: &EventFilter) -> Result<(Vec<EventRecord>, u64), StorageError> {
+pub fn list(
+    conn: &Connection,
+    filter: &EventFilter,
+) -> Result<(Vec<EventRecord>, u64), StorageError> {
     let mut clauses = Vec::new();
     let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
     let status = filter.status.map(Status::as_str);

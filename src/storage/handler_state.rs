@@ -143,10 +143,26 @@ pub fn record_pass(
                 attempts,
                 next_attempt_ms,
                 error,
-            } => upsert(conn, handler, event, "pending", *attempts, *next_attempt_ms, error.as_deref(), now_ms)?,
-            Outcome::Dead { attempts, error } => {
-                upsert(conn, handler, event, "dead", *attempts, now_ms, Some(error), now_ms)?
-            }
+            } => upsert(
+                conn,
+                handler,
+                event,
+                "pending",
+                *attempts,
+                *next_attempt_ms,
+                error.as_deref(),
+                now_ms,
+            )?,
+            Outcome::Dead { attempts, error } => upsert(
+                conn,
+                handler,
+                event,
+                "dead",
+                *attempts,
+                now_ms,
+                Some(error),
+                now_ms,
+            )?,
         }
     }
     Ok(())

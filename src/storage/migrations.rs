@@ -24,9 +24,13 @@ mod tests {
     fn migrating_twice_changes_nothing() {
         let mut conn = Connection::open_in_memory().unwrap();
         MIGRATIONS.to_latest(&mut conn).unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         MIGRATIONS.to_latest(&mut conn).unwrap();
-        let again: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let again: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, 2);
         assert_eq!(again, version);
     }

@@ -176,7 +176,8 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn: &mut Connection| {
             let result = (|| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let value = work(&tx)?;
                 tx.commit()?;
                 Ok(value)
@@ -247,7 +248,12 @@ impl Store {
         if self.shared.commands.send(Command::Stop(stop)).await.is_ok() {
             let _ = done.await;
         }
-        let handle = self.shared.writer.lock().expect("writer handle lock").take();
+        let handle = self
+            .shared
+            .writer
+            .lock()
+            .expect("writer handle lock")
+            .take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
