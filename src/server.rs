@@ -70,8 +70,9 @@ pub async fn run(
         handler_names: Arc::new(settings.handlers.iter().map(|h| h.name.clone()).collect()),
         metrics: telemetry::metrics_handle(),
     };
+    // The global layer shares one semaphore across every route: a single limit for the server.
     let app = http::router(state, settings.server.request_timeout())
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             settings.server.max_concurrent_requests,
         ))
         .into_make_service_with_connect_info::<SocketAddr>();
