@@ -168,11 +168,6 @@ fn apply_merge(
     merge: &CustomerMerged,
 ) -> rusqlite::Result<Effect> {
     let duplicated = &merge.duplicated;
-    let current = stored(conn, duplicated.id.as_str())?;
-    // Keep the last description of the merged-away customer, for `GET /customers/{id}`.
-    if let Effect::Applied = apply_snapshot(conn, event_id, duplicated, current.as_ref())? {
-        tracing::debug!(customer = %duplicated.id, "merged-away customer snapshot kept");
-    }
     let newly_merged = conn
         .prepare_cached(
             "INSERT INTO customers (id, merged_into) VALUES (?1, ?2)
@@ -181,6 +176,12 @@ fn apply_merge(
         )?
         .execute(params![duplicated.id.as_str(), merge.target_id.as_str()])?
         == 1;
+    if newly_merged {
+        // The merge is Rebilly's last description of the customer it deleted: keep it whatever
+        // arrived before (even a higher revision), as nothing arriving after it can change it.
+        // Otherwise the merged-away snapshot would depend on arrival order.
+        write_snapshot(conn, event_id, duplicated)?;
+    }
     let target_applied = match &merge.target {
         Some(target) => apply_customer_event(conn, event_id, target)? == Effect::Applied,
         None => false,

@@ -19,6 +19,24 @@ pub struct EventRow<'a> {
     pub body: Option<&'a [u8]>,
 }
 
+impl<'a> EventRow<'a> {
+    /// A row not yet classified: `rejected` until the writer decides otherwise.
+    pub fn new(id: i64, received_ms: i64, body: Option<&'a [u8]>) -> Self {
+        Self {
+            id,
+            received_ms,
+            event_type: None,
+            customer_id: None,
+            revision: None,
+            status: Status::Rejected,
+            error: None,
+            error_field: None,
+            duplicate_of: None,
+            body,
+        }
+    }
+}
+
 pub fn insert(conn: &Connection, row: &EventRow<'_>) -> rusqlite::Result<()> {
     let body_size = row.body.map_or(0, <[u8]>::len) as i64;
     conn.prepare_cached(

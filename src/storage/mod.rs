@@ -123,6 +123,7 @@ impl Store {
         MIGRATIONS.to_latest(&mut conn)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+        crate::telemetry::record_log_size(last_id);
         let (committed_tx, committed) = watch::channel(last_id);
         let (commands, receiver) = mpsc::channel(settings.queue_capacity);
         let writer = writer::spawn(conn, receiver, settings.max_batch, committed_tx)?;
@@ -173,16 +174,24 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StorageError> + Send + 'static,
     {
+        self.on_writer(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Runs `work` on the writer's own connection, between batches.
+    async fn on_writer<R, F>(&self, work: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StorageError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn: &mut Connection| {
-            let result = (|| {
-                let tx =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let value = work(&tx)?;
-                tx.commit()?;
-                Ok(value)
-            })();
-            let _ = reply.send(result);
+            let _ = reply.send(work(conn));
         });
         self.shared
             .commands
@@ -204,16 +213,7 @@ impl Store {
 
     /// Recomputes the projection from the event log; see `writer::rebuild_projection`.
     pub async fn rebuild_projection(&self) -> Result<u64, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &mut Connection| {
-            let _ = reply.send(writer::rebuild_projection(conn));
-        });
-        self.shared
-            .commands
-            .send(Command::Job(job))
-            .await
-            .map_err(|_| StorageError::WriterGone)?;
-        answer.await.map_err(|_| StorageError::WriterGone)?
+        self.on_writer(writer::rebuild_projection).await
     }
 
     /// Watches the id of the newest committed event.

@@ -205,18 +205,7 @@ fn ingest_one(
         parsed,
         received_ms,
     } = &delivery.inner;
-    let mut row = EventRow {
-        id,
-        received_ms: *received_ms,
-        event_type: None,
-        customer_id: None,
-        revision: None,
-        status: Status::Rejected,
-        error: None,
-        error_field: None,
-        duplicate_of: None,
-        body: Some(body),
-    };
+    let mut row = EventRow::new(id, *received_ms, Some(body));
     match parsed {
         Err(error) => reject(&mut row, error),
         Ok(event) => {
@@ -302,18 +291,7 @@ pub fn rebuild_projection(conn: &mut Connection) -> Result<u64, StorageError> {
             let Ok(event) = crate::event::parse(&body) else {
                 continue;
             };
-            let mut scratch = EventRow {
-                id,
-                received_ms: 0,
-                event_type: None,
-                customer_id: None,
-                revision: None,
-                status: Status::Rejected,
-                error: None,
-                error_field: None,
-                duplicate_of: None,
-                body: None,
-            };
+            let mut scratch = EventRow::new(id, 0, None);
             classify(&tx, &projection, &mut scratch, &body_key(&body), &event)?;
             replayed += 1;
         }
