@@ -19,6 +19,10 @@ use tokio::sync::watch;
 const PASS_SIZE: u32 = 256;
 /// Pause after a storage error before the worker tries again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Longest idle sleep: redrives (by the admin endpoint or by another process, such as
+/// `handlers redrive`) and events written by other processes wake no watcher, so an idle worker
+/// looks again at least this often.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Retry timing of one handler.
 #[derive(Debug, Clone, Copy)]
@@ -113,8 +117,10 @@ impl Worker {
             .ok()
             .flatten();
         match next {
-            Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(1) as u64),
-            None => Duration::from_secs(60),
+            Some(due) => {
+                Duration::from_millis(due.saturating_sub(now_ms()).max(1) as u64).min(IDLE_POLL)
+            }
+            None => IDLE_POLL,
         }
     }
 

@@ -71,39 +71,44 @@ pub async fn run(
         metrics: telemetry::metrics_handle(),
     };
     // The global layer shares one semaphore across every route: a single limit for the server.
-    let app = http::router(state, settings.server.request_timeout())
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            settings.server.max_concurrent_requests,
-        ))
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = http::router(state, settings.server.request_timeout()).layer(
+        tower::limit::GlobalConcurrencyLimitLayer::new(settings.server.max_concurrent_requests),
+    );
 
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; finishing requests in flight");
-        let _ = signalled_tx.send(true);
-    });
+    let serving = tokio::spawn(http::serve(
+        listener,
+        app,
+        settings.server.request_timeout(),
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+            let _ = signalled_tx.send(true);
+        },
+    ));
     let grace = settings.server.shutdown_grace();
-    let serving = tokio::spawn(async move { server.await });
     // The grace period starts at the signal; the server normally finishes well before it.
-    let finished = async {
+    let grace_over = async {
         let _ = signalled_rx.wait_for(|s| *s).await;
         tokio::time::sleep(grace).await;
     };
-    let outcome = tokio::select! {
-        result = serving => result.map_err(|e| std::io::Error::other(e.to_string()))?,
-        _ = finished => {
-            tracing::warn!(grace_seconds = grace.as_secs(), "grace period over; closing");
-            Ok(())
+    tokio::select! {
+        result = serving => {
+            if let Err(error) = result {
+                tracing::error!(error = %error, "the HTTP server task failed");
+            }
         }
-    };
+        () = grace_over => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "grace period over; closing");
+        }
+    }
     let _ = stop_tx.send(true);
     for worker in workers.into_iter().chain(pruner) {
         let _ = tokio::time::timeout(grace, worker).await;
     }
     store.close().await;
     tracing::info!("stopped");
-    Ok(outcome?)
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

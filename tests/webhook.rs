@@ -1431,3 +1431,54 @@ async fn serve_without_any_credential_exits_naming_allow_unauthenticated() {
         "stderr should name allow_unauthenticated: {stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow clients
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let config = config_with_body_limit(1024 * 1024).replace(
+        "max_body_bytes",
+        "request_timeout_seconds = 1\nmax_body_bytes",
+    );
+    let app = common::spawn_app_with(&config).await;
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    stream
+        .write_all(b"POST /webhooks/rebilly HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 1024];
+    // The header deadline is one second; the connection must be closed well before ten.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server kept a connection with unfinished headers open"
+    );
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_body_is_answered_408_and_nothing_is_stored() {
+    let config = config_with_body_limit(1024 * 1024).replace(
+        "max_body_bytes",
+        "request_timeout_seconds = 1\nmax_body_bytes",
+    );
+    let app = common::spawn_app_with(&config).await;
+    let request = format!(
+        "POST /webhooks/rebilly HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{{\"eventType\":",
+        basic_value(USER, PASSWORD)
+    );
+    let answer = raw_http(app.address, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer}");
+    assert_nothing_stored(&app).await;
+}

@@ -2,6 +2,7 @@
 
 mod api;
 pub mod problem;
+mod serve;
 mod webhook;
 
 use crate::auth::Authenticator;
@@ -19,6 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
+
+pub use serve::serve;
 
 pub const REQUEST_ID: &str = "x-request-id";
 

@@ -94,10 +94,17 @@ pub fn load_work(
     })
 }
 
-/// The earliest time a pending retry of this handler falls due.
+/// The earliest time a pending retry of this handler falls due. Events parked behind an
+/// earlier owed event of their customer are left out, as in `load_work`: they cannot run before
+/// it, and counting their (past) times made an idle worker poll in a hot loop.
 pub fn next_due(conn: &Connection, handler: &str) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached(
-        "SELECT MIN(next_attempt_ms) FROM handler_deliveries WHERE handler = ?1 AND state = 'pending'",
+        "SELECT MIN(d.next_attempt_ms) FROM handler_deliveries d
+         WHERE d.handler = ?1 AND d.state = 'pending'
+           AND NOT EXISTS (
+               SELECT 1 FROM handler_deliveries o
+               WHERE o.handler = d.handler AND o.customer_id = d.customer_id
+                 AND o.event_id < d.event_id)",
     )?
     .query_row([handler], |r| r.get(0))
 }
