@@ -193,14 +193,14 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
                     "no handler named {name} in the configuration"
                 )));
             }
-            let store = Store::open(&settings.storage)?;
+            let store = open_existing(&settings)?;
             let count = admin::redrive(&store, name.clone()).await?;
             store.close().await;
             print_json(&serde_json::json!({"handler": name, "redriven": count}));
             Ok(ExitCode::SUCCESS)
         }
         Command::Projection(ProjectionCommand::Rebuild) => {
-            let store = Store::open(&settings.storage)?;
+            let store = open_existing(&settings)?;
             let result = store.rebuild_projection().await;
             store.close().await;
             print_json(&serde_json::json!({"replayed": result?}));
@@ -237,8 +237,21 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
+/// Opens the database for a command that reads or repairs what was received; unlike `serve`
+/// and `replay`, such a command never creates an empty database by mistake.
+fn open_existing(settings: &Settings) -> Result<Store, Failure> {
+    let path = &settings.storage.path;
+    if !path.exists() {
+        return Err(Failure(format!(
+            "no database at {} (storage.path): nothing has been received there yet",
+            path.display()
+        )));
+    }
+    Ok(Store::open(&settings.storage)?)
+}
+
 async fn customers(settings: &Settings, command: CustomersCommand) -> Result<ExitCode, Failure> {
-    let store = Store::open(&settings.storage)?;
+    let store = open_existing(settings)?;
     let queries = Queries::new(store.clone());
     let result = match command {
         CustomersCommand::Get { id } => match queries.customer(id.clone()).await? {
@@ -273,7 +286,7 @@ async fn events(settings: &Settings, command: EventsCommand) -> Result<ExitCode,
             "events prune discards raw bodies for good: add --yes to confirm".into(),
         ));
     }
-    let store = Store::open(&settings.storage)?;
+    let store = open_existing(settings)?;
     let result = events_with(&store, command).await;
     store.close().await;
     result

@@ -264,6 +264,12 @@ impl Settings {
         if self.storage.max_batch == 0 {
             return Err(invalid("storage.max_batch", "must be greater than 0"));
         }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                "is not a tracing filter such as \"info\" or \"rebilly_webhookd=debug\"",
+            ));
+        }
         self.validate_auth()?;
         if let Some(token) = &self.api.token
             && token.expose().len() < 16

@@ -44,8 +44,9 @@ impl Refusal {
 
 /// Starts logging; `RUST_LOG` wins over the configured level. Safe to call more than once.
 pub fn init_logging(settings: &LogSettings) {
+    // The migration library reports every start at info; that is noise for one-shot commands.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(format!("{},rusqlite_migration=warn", settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
