@@ -1,0 +1,875 @@
+mod common;
+
+use common::{API_TOKEN, PASSWORD, TestApp, USER, customer_event};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The metrics recorder is process-wide. Tests that deliver through the in-process server hold
+/// this lock shared; the metrics test holds it alone, so its counter deltas are exact.
+static DELIVERIES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+const POLL: Duration = Duration::from_millis(20);
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rebilly-webhookd"))
+}
+
+/// Runs the binary with `args` and `--config <config>`.
+fn cli(config: &Path, args: &[&str]) -> Output {
+    binary()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs the CLI off the async runtime, so that the in-process server keeps serving meanwhile.
+async fn cli_async(config: &Path, args: &[&str]) -> Output {
+    let config = config.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&config, &args)
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The value of a Prometheus sample `name{labels}` (given labels must match), 0 if absent.
+fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "/metrics needs no token");
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    response.text().await.unwrap()
+}
+
+async fn event_detail(app: &TestApp, id: i64) -> Value {
+    let response = app.api_get(&format!("/events/{id}")).await;
+    assert_eq!(response.status(), 200, "event {id} should exist");
+    response.json().await.unwrap()
+}
+
+fn is_problem(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"))
+}
+
+/// Every row of the `customers` table, as text, ordered by id.
+fn customers_table(db: &Path) -> Vec<Vec<String>> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn.prepare("SELECT * FROM customers ORDER BY id").unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map([], |row| {
+            (0..columns)
+                .map(|i| {
+                    row.get::<_, rusqlite::types::Value>(i)
+                        .map(|v| format!("{v:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+async fn customers_page(app: &TestApp) -> Value {
+    let response = app.api_get("/customers?limit=1000").await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn metrics_count_every_delivery_outcome() {
+    let _alone = DELIVERIES.write().await;
+    let app = common::spawn_app().await;
+    let outcomes = [
+        "applied",
+        "stale",
+        "duplicate",
+        "ignored",
+        "rejected",
+        "unauthorized",
+        "too_large",
+    ];
+    let count = |text: &str, outcome: &str| {
+        metric_value(
+            text,
+            "rebilly_webhookd_deliveries_total",
+            &[("outcome", outcome)],
+        )
+    };
+    let before = metrics_text(&app).await;
+
+    let rev2 = customer_event("customer-created", "cus_metrics", 2, json!({}));
+    assert_eq!(app.deliver_ok(rev2.clone()).await.1, "applied");
+    let rev3 = customer_event("customer-updated", "cus_metrics", 3, json!({}));
+    assert_eq!(app.deliver_ok(rev3).await.1, "applied");
+    let rev1 = customer_event("customer-updated", "cus_metrics", 1, json!({}));
+    assert_eq!(app.deliver_ok(rev1).await.1, "stale");
+    assert_eq!(app.deliver_ok(rev2).await.1, "duplicate");
+    let same_revision = customer_event("customer-updated", "cus_metrics", 3, json!({"x": 1}));
+    assert_eq!(app.deliver_ok(same_revision).await.1, "duplicate");
+    let invoice = common::fixture("deliveries/10-invoice-paid.json");
+    assert_eq!(app.deliver_ok(invoice).await.1, "ignored");
+    let response = app
+        .deliver(common::fixture("rejected/created-missing-customer-id.json"))
+        .await;
+    assert_eq!(response.status(), 422);
+    let response = app
+        .deliver(common::fixture("rejected/array-body.json"))
+        .await;
+    assert_eq!(response.status(), 400);
+    let response = app
+        .webhook_request()
+        .body(customer_event("customer-created", "cus_anon", 1, json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = app
+        .webhook_request()
+        .basic_auth(USER, Some("wrong-password"))
+        .body(customer_event("customer-created", "cus_anon", 1, json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = app.deliver(vec![b' '; 1024 * 1024 + 1]).await;
+    assert_eq!(response.status(), 413);
+
+    let after = metrics_text(&app).await;
+    let expected = [2.0, 1.0, 2.0, 1.0, 2.0, 2.0, 1.0];
+    for (outcome, expected) in outcomes.iter().zip(expected) {
+        let delta = count(&after, outcome) - count(&before, outcome);
+        assert_eq!(delta, expected, "deliveries_total{{outcome=\"{outcome}\"}}");
+    }
+    assert!(
+        after.contains("# TYPE rebilly_webhookd_deliveries_total counter"),
+        "{after}"
+    );
+    for histogram in [
+        "rebilly_webhookd_request_duration_seconds",
+        "rebilly_webhookd_writer_batch_size",
+    ] {
+        assert!(
+            metric_value(&after, &format!("{histogram}_count"), &[]) > 0.0,
+            "{histogram} is recorded:\n{after}"
+        );
+        assert!(
+            after.contains(&format!("{histogram}_bucket{{")),
+            "{histogram} has buckets"
+        );
+    }
+    assert!(
+        metric_value(
+            &after,
+            "rebilly_webhookd_request_duration_seconds_count",
+            &[("route", "webhook")]
+        ) - metric_value(
+            &before,
+            "rebilly_webhookd_request_duration_seconds_count",
+            &[("route", "webhook")]
+        ) >= 10.0,
+        "every webhook request is timed"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health, readiness, request ids
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_whether_the_database_accepts_writes() {
+    let app = common::spawn_app().await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "/healthz needs no token");
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "/readyz needs no token");
+
+    // Another connection takes the write lock and holds it.
+    let db = app.db_path.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    locked_rx.recv_timeout(Duration::from_secs(15)).unwrap();
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let ready = client.get(app.url("/readyz")).send().await.unwrap();
+    let status = ready.status();
+    assert!(is_problem(&ready));
+    assert_eq!(status, 503, "a locked database is not ready");
+    let health = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(
+        health.status(),
+        200,
+        "liveness does not depend on the database"
+    );
+
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let ready = client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once the lock is released");
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = common::spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "trace-abc-123");
+
+    let response = app
+        .api_get("/customers/nobody")
+        .await
+        .headers()
+        .get("x-request-id")
+        .cloned();
+    let first = response.expect("a generated request id");
+    assert!(!first.is_empty());
+    let second = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let second = second.headers()["x-request-id"].clone();
+    assert!(!second.is_empty());
+    assert_ne!(first, second, "generated ids differ");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event inspection and replay
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_can_be_inspected_and_replayed() {
+    let _deliveries = DELIVERIES.read().await;
+    let app = common::spawn_app().await;
+    let body = common::fixture("deliveries/01-customer-created-alice.json");
+    let (applied, status) = app.deliver_ok(body.clone()).await;
+    assert_eq!(status, "applied");
+    let response = app
+        .deliver(common::fixture(
+            "rejected/updated-revision-not-integer.json",
+        ))
+        .await;
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    let rejected = problem["eventId"]
+        .as_i64()
+        .expect("the problem names the event");
+
+    let detail = event_detail(&app, applied).await;
+    assert_eq!(detail["id"], applied);
+    assert_eq!(detail["eventType"], "customer-created");
+    assert_eq!(detail["customerId"], "cus_alice_01");
+    assert_eq!(detail["revision"], 1);
+    assert_eq!(detail["status"], "applied");
+    assert!(
+        detail["receivedTime"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    assert_eq!(detail["body"].as_str().unwrap().as_bytes(), body.as_slice());
+    assert_eq!(detail["bodySize"], body.len());
+    assert_eq!(detail["handlers"], json!([]));
+
+    let detail = event_detail(&app, rejected).await;
+    assert_eq!(detail["status"], "rejected");
+    assert!(detail["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert!(detail["body"].as_str().is_some());
+
+    let response = app.api_get("/events/987654").await;
+    assert_eq!(response.status(), 404);
+    assert!(is_problem(&response));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 404);
+    let response = app
+        .client
+        .get(app.url(&format!("/events/{applied}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "the event API needs the token");
+
+    // Replays over HTTP.
+    let response = app.api_post(&format!("/events/{applied}/replay")).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["replayOf"], applied);
+    assert_eq!(answer["status"], "duplicate");
+    let replayed = answer["eventId"].as_i64().unwrap();
+    assert!(replayed > rejected, "a replay is a new event");
+    let detail = event_detail(&app, replayed).await;
+    assert_eq!(detail["status"], "duplicate");
+
+    let answer: Value = app
+        .api_post(&format!("/events/{rejected}/replay"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["replayOf"], rejected);
+    assert_eq!(answer["status"], "rejected");
+    assert!(answer["eventId"].as_i64().unwrap() > replayed);
+    assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let response = app.api_post("/events/987654/replay").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(app.customer("cus_alice_01").await["revision"], 1);
+
+    // The same through the command line, against the database the server is using.
+    let output = cli_async(&app.config_path, &["events", "show", &applied.to_string()]).await;
+    assert_success(&output);
+    let shown = stdout_json(&output);
+    assert_eq!(shown["id"], applied);
+    assert_eq!(shown["status"], "applied");
+    assert_eq!(shown["body"].as_str().unwrap().as_bytes(), body.as_slice());
+    let output = cli_async(&app.config_path, &["events", "show", "987654"]).await;
+    assert!(!output.status.success(), "an unknown event is an error");
+
+    let output = cli_async(
+        &app.config_path,
+        &["events", "replay", &applied.to_string()],
+    )
+    .await;
+    assert_success(&output);
+    let answer = stdout_json(&output);
+    assert_eq!(answer["replayOf"], applied);
+    assert_eq!(answer["status"], "duplicate");
+    let cli_replayed = answer["eventId"].as_i64().unwrap();
+    // The server sees the event the other process wrote.
+    assert_eq!(
+        event_detail(&app, cli_replayed).await["status"],
+        "duplicate"
+    );
+
+    let output = cli_async(
+        &app.config_path,
+        &["events", "replay", &rejected.to_string()],
+    )
+    .await;
+    assert!(!output.status.success(), "a rejected replay exits non-zero");
+    let answer = stdout_json(&output);
+    assert_eq!(answer["status"], "rejected");
+    assert_eq!(answer["replayOf"], rejected);
+
+    // The server still ingests after the other process wrote.
+    let (next, status) = app
+        .deliver_ok(customer_event(
+            "customer-updated",
+            "cus_alice_01",
+            5,
+            json!({}),
+        ))
+        .await;
+    assert_eq!(status, "applied");
+    assert!(next > answer["eventId"].as_i64().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Projection rebuild and pruning
+// ---------------------------------------------------------------------------------------------
+
+/// A history with reordered revisions, redeliveries, a merge that arrives first, Experian
+/// checks, unknown event types and rejected bodies.
+async fn deliver_messy_history(app: &TestApp) {
+    for name in [
+        "08-customer-merged-carol-into-alice.json",
+        "03-customer-updated-alice-rev3.json",
+        "01-customer-created-alice.json",
+        "09-customer-updated-carol-late.json",
+        "07-experian-check-bob-mismatch.json",
+        "02-customer-created-bob.json",
+        "04-customer-updated-alice-rev2.json",
+        "06-experian-check-bob-match.json",
+        "05-customer-created-carol.json",
+        "10-invoice-paid.json",
+        "12-customer-updated-dave-no-revision.json",
+        "11-customer-created-dave-no-revision.json",
+        "03-customer-updated-alice-rev3.json",
+        "08-customer-merged-carol-into-alice.json",
+        "07-experian-check-bob-mismatch.json",
+    ] {
+        let response = app
+            .deliver(common::fixture(&format!("deliveries/{name}")))
+            .await;
+        assert_eq!(response.status(), 200, "{name}");
+    }
+    for revision in [3, 1, 2, 6, 4, 5, 6, 2] {
+        let body = customer_event("customer-updated", "cus_mess", revision, json!({}));
+        assert_eq!(app.deliver(body).await.status(), 200);
+    }
+    let created = customer_event("customer-created", "cus_mess", 4, json!({"tags": ["x"]}));
+    assert_eq!(app.deliver(created).await.status(), 200);
+    for unknown in [
+        json!({"eventType": "subscription-renewed", "customerId": "cus_mess"}),
+        json!({"eventType": "a-type-from-the-future", "anything": [1, 2, 3]}),
+    ] {
+        let (_, status) = app.deliver_ok(serde_json::to_vec(&unknown).unwrap()).await;
+        assert_eq!(status, "ignored");
+    }
+    let merge_mess = serde_json::to_vec(&json!({
+        "eventType": "customer-merged",
+        "targetCustomerId": "cus_mess",
+        "duplicatedCustomer": {"id": "cus_mess_dup", "revision": 9,
+            "email": "dup@example.com", "updatedTime": "2026-03-01T11:00:00+00:00"},
+        "_embedded": {"targetCustomer": {"id": "cus_mess", "revision": 7,
+            "email": "cus_mess@example.com", "updatedTime": "2026-03-01T11:00:00+00:00"}}
+    }))
+    .unwrap();
+    assert_eq!(app.deliver(merge_mess).await.status(), 200);
+    let late_dup = customer_event("customer-updated", "cus_mess_dup", 12, json!({}));
+    assert_eq!(app.deliver(late_dup).await.status(), 200);
+    for name in ["truncated.json", "experian-bad-outcome.json"] {
+        let response = app
+            .deliver(common::fixture(&format!("rejected/{name}")))
+            .await;
+        assert!(response.status().is_client_error(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilding_the_projection_reproduces_it_exactly() {
+    let _deliveries = DELIVERIES.read().await;
+    let mut app = common::spawn_app().await;
+    deliver_messy_history(&app).await;
+
+    let list_before = customers_page(&app).await;
+    let merged_before = app.customer("cus_carol_03").await;
+    let merged_mess_before = app.customer("cus_mess_dup").await;
+    assert_eq!(merged_before["mergedInto"], "cus_alice_01");
+    assert_eq!(merged_mess_before["mergedInto"], "cus_mess");
+    assert_eq!(app.customer("cus_mess").await["revision"], 7);
+    assert_eq!(app.customer("cus_alice_01").await["revision"], 4);
+    assert!(list_before.as_array().unwrap().len() >= 4);
+
+    app.stop().await;
+    let table_before = customers_table(&app.db_path);
+    assert!(table_before.len() >= 6);
+
+    // Damage the projection and the dedupe keys, then rebuild them from the log alone.
+    {
+        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM customers WHERE id IN ('cus_alice_01', 'cus_carol_03');
+             UPDATE customers SET snapshot = '{}', revision = 99 WHERE id = 'cus_mess';
+             DELETE FROM dedupe_keys;",
+        )
+        .unwrap();
+    }
+    assert_ne!(customers_table(&app.db_path), table_before);
+
+    let output = cli_async(&app.config_path, &["projection", "rebuild"]).await;
+    assert_success(&output);
+    let report = stdout_json(&output);
+    assert!(report["replayed"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(customers_table(&app.db_path), table_before);
+
+    let app = app.restart().await;
+    assert_eq!(customers_page(&app).await, list_before);
+    assert_eq!(app.customer("cus_carol_03").await, merged_before);
+    assert_eq!(app.customer("cus_mess_dup").await, merged_mess_before);
+    // The dedupe keys were rebuilt too: a redelivery is still a duplicate.
+    let (_, status) = app
+        .deliver_ok(common::fixture(
+            "deliveries/03-customer-updated-alice-rev3.json",
+        ))
+        .await;
+    assert_eq!(status, "duplicate");
+    let (_, status) = app
+        .deliver_ok(customer_event(
+            "customer-updated",
+            "cus_mess",
+            5,
+            json!({"other": "bytes"}),
+        ))
+        .await;
+    assert_eq!(status, "duplicate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_clears_bodies_but_keeps_metadata_and_the_projection() {
+    let _deliveries = DELIVERIES.read().await;
+    let app = common::spawn_app().await;
+    let mut ids = Vec::new();
+    for name in [
+        "01-customer-created-alice.json",
+        "02-customer-created-bob.json",
+        "06-experian-check-bob-match.json",
+        "10-invoice-paid.json",
+    ] {
+        let (id, _) = app
+            .deliver_ok(common::fixture(&format!("deliveries/{name}")))
+            .await;
+        ids.push(id);
+    }
+    let list_before = customers_page(&app).await;
+    let mut details_before = Vec::new();
+    for &id in &ids {
+        details_before.push(event_detail(&app, id).await);
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // Without --yes nothing happens.
+    let output = cli_async(
+        &app.config_path,
+        &["events", "prune", "--older-than-days", "0"],
+    )
+    .await;
+    assert!(!output.status.success(), "prune needs --yes");
+    assert!(!output.stderr.is_empty(), "and says so");
+    for &id in &ids {
+        assert!(event_detail(&app, id).await["body"].is_string());
+    }
+
+    let output = cli_async(
+        &app.config_path,
+        &["events", "prune", "--older-than-days", "0", "--yes"],
+    )
+    .await;
+    assert_success(&output);
+    assert_eq!(stdout_json(&output)["pruned"], ids.len());
+
+    for (id, before) in ids.iter().zip(&details_before) {
+        let after = event_detail(&app, *id).await;
+        assert!(after["body"].is_null(), "event {id}: {after}");
+        for key in [
+            "id",
+            "receivedTime",
+            "eventType",
+            "customerId",
+            "revision",
+            "status",
+            "error",
+            "bodySize",
+        ] {
+            assert_eq!(after[key], before[key], "event {id}: {key}");
+        }
+    }
+    assert_eq!(customers_page(&app).await, list_before);
+    assert_eq!(
+        app.customer("cus_bob_02").await["experianCheck"]["outcome"],
+        1
+    );
+    // A pruned event cannot be replayed, and the projection can no longer be rebuilt from it.
+    let response = app.api_post(&format!("/events/{}/replay", ids[0])).await;
+    assert_eq!(response.status(), 404);
+    let output = cli_async(&app.config_path, &["projection", "rebuild"]).await;
+    assert!(!output.status.success(), "rebuild refuses a pruned log");
+    assert_eq!(customers_page(&app).await, list_before);
+    // New deliveries keep their bodies.
+    let (id, _) = app
+        .deliver_ok(common::fixture("deliveries/05-customer-created-carol.json"))
+        .await;
+    assert!(event_detail(&app, id).await["body"].is_string());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary: SIGTERM under load, healthcheck
+// ---------------------------------------------------------------------------------------------
+
+/// A running `serve` process whose stderr is drained by a thread.
+struct Daemon {
+    child: std::process::Child,
+    address: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = binary()
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening")
+                    && let Some(rest) = line.split("address=").nth(1)
+                {
+                    let address = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = address_tx.send(address);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no listening line: {}", log.lock().unwrap());
+            }
+        };
+        Daemon {
+            child,
+            address,
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the daemon did not exit within {limit:?}:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn config_text(listen: &str, db: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+shutdown_grace_seconds = 10
+
+[storage]
+path = "{db}"
+synchronous = "normal"
+
+[[auth.basic]]
+username = "{USER}"
+password = "{PASSWORD}"
+
+[api]
+token = "{API_TOKEN}"
+{extra}
+"#,
+        db = db.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_acknowledged_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("webhookd.db");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_text("127.0.0.1:0", &db, "")).unwrap();
+    let mut daemon = tokio::task::spawn_blocking(move || Daemon::start(&config))
+        .await
+        .unwrap();
+    let url = format!("http://{}/webhooks/rebilly", daemon.address);
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let client = client.clone();
+        let url = url.clone();
+        let answered = answered.clone();
+        tasks.push(tokio::spawn(async move {
+            let customer = format!("cus_term_{i}");
+            let body = customer_event("customer-created", &customer, 1, json!({}));
+            let result = client
+                .post(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", "application/json; charset=utf-8")
+                .body(body)
+                .send()
+                .await;
+            let outcome = match result {
+                Ok(response) if response.status().is_success() => {
+                    let json: Option<Value> = response.json().await.ok();
+                    json.and_then(|j| j["eventId"].as_i64())
+                        .map(|id| (customer, id))
+                }
+                _ => None,
+            };
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            outcome
+        }));
+        if i % 10 == 9 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Signal while deliveries are still in flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 30 {
+        assert!(Instant::now() < deadline, "deliveries are answered");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = daemon.wait_exit(Duration::from_secs(15));
+        (status, daemon)
+    })
+    .await
+    .unwrap();
+    let (status, daemon) = status;
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        daemon.log.lock().unwrap()
+    );
+
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        if let Some(ok) = task.await.unwrap() {
+            acknowledged.push(ok);
+        }
+    }
+    assert!(
+        acknowledged.len() >= 30,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    eprintln!("{} of 300 deliveries acknowledged", acknowledged.len());
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    for (customer, id) in &acknowledged {
+        let stored: Option<(String, String)> = conn
+            .query_row(
+                "SELECT customer_id, status FROM events WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        assert_eq!(
+            stored,
+            Some((customer.clone(), "applied".to_owned())),
+            "acknowledged event {id}"
+        );
+        let projected: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM customers WHERE id = ?1",
+                [customer],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(projected, 1, "{customer} is projected");
+    }
+    assert!(
+        daemon.log.lock().unwrap().contains("stopped"),
+        "the daemon logs a clean stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_reports_whether_the_daemon_answers() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = config_text(&format!("127.0.0.1:{port}"), Path::new("{db}"), "");
+    let mut app = common::spawn_app_with(&format!("#replace{config}")).await;
+    assert_eq!(app.address.port(), port);
+
+    let output = cli_async(&app.config_path, &["healthcheck"]).await;
+    assert_success(&output);
+    let output = cli_async(&app.config_path, &["healthcheck", "--ready"]).await;
+    assert_success(&output);
+
+    app.stop().await;
+    let output = cli_async(&app.config_path, &["healthcheck"]).await;
+    assert!(
+        !output.status.success(),
+        "nothing listens: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(!output.stderr.is_empty(), "and the reason is printed");
+}
