@@ -5,7 +5,7 @@ use crate::admin;
 use crate::auth::AuthenticatedBody;
 use crate::config::Settings;
 use crate::ingest::{Pipeline, Receipt};
-use crate::query::{CustomerQuery, EventListOptions, ListOptions, Queries, parse_event_filter};
+use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
 use crate::storage::{Status, Store};
 use crate::{retention, send, server, telemetry};
 use clap::{Args, Parser, Subcommand};
@@ -194,8 +194,9 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
                 )));
             }
             let store = open_existing(&settings)?;
-            let count = admin::redrive(&store, name.clone()).await?;
+            let count = store.redrive(name.clone()).await;
             store.close().await;
+            let count = count?;
             print_json(&serde_json::json!({"handler": name, "redriven": count}));
             Ok(ExitCode::SUCCESS)
         }
@@ -252,9 +253,8 @@ fn open_existing(settings: &Settings) -> Result<Store, Failure> {
 
 async fn customers(settings: &Settings, command: CustomersCommand) -> Result<ExitCode, Failure> {
     let store = open_existing(settings)?;
-    let queries = Queries::new(store.clone());
     let result = match command {
-        CustomersCommand::Get { id } => match queries.customer(id.clone()).await? {
+        CustomersCommand::Get { id } => match store.customer(id.clone()).await? {
             Some(customer) => {
                 print_json(&customer);
                 Ok(ExitCode::SUCCESS)
@@ -271,7 +271,7 @@ async fn customers(settings: &Settings, command: CustomersCommand) -> Result<Exi
                 fields: args.fields,
             };
             let query = CustomerQuery::parse(&options)?;
-            let page = queries.customers(query).await?;
+            let page = store.customers(query).await?;
             print_json(&page.customers);
             Ok(ExitCode::SUCCESS)
         }
@@ -287,13 +287,17 @@ async fn events(settings: &Settings, command: EventsCommand) -> Result<ExitCode,
         ));
     }
     let store = open_existing(settings)?;
-    let result = events_with(&store, command).await;
+    let handlers: Vec<String> = settings.handlers.iter().map(|h| h.name.clone()).collect();
+    let result = events_with(&store, &handlers, command).await;
     store.close().await;
     result
 }
 
-async fn events_with(store: &Store, command: EventsCommand) -> Result<ExitCode, Failure> {
-    let queries = Queries::new(store.clone());
+async fn events_with(
+    store: &Store,
+    handlers: &[String],
+    command: EventsCommand,
+) -> Result<ExitCode, Failure> {
     match command {
         EventsCommand::List {
             customer,
@@ -309,11 +313,11 @@ async fn events_with(store: &Store, command: EventsCommand) -> Result<ExitCode, 
                 limit,
                 offset,
             })?;
-            let (events, _total) = queries.events(filter).await?;
+            let (events, _total) = store.events(filter).await?;
             print_json(&events);
             Ok(ExitCode::SUCCESS)
         }
-        EventsCommand::Show { id } => match queries.event(id).await? {
+        EventsCommand::Show { id } => match store.event(id).await? {
             Some(detail) => {
                 print_json(&detail);
                 Ok(ExitCode::SUCCESS)
@@ -336,7 +340,7 @@ async fn events_with(store: &Store, command: EventsCommand) -> Result<ExitCode, 
             older_than_days, ..
         } => {
             let cutoff = retention::cutoff_ms(older_than_days, crate::clock::now_ms());
-            let count = retention::prune_before(store, cutoff).await?;
+            let count = retention::prune_before(store, cutoff, handlers).await?;
             print_json(&serde_json::json!({"pruned": count, "olderThanDays": older_than_days}));
             Ok(ExitCode::SUCCESS)
         }

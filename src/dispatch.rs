@@ -9,7 +9,7 @@
 use crate::clock::now_ms;
 use crate::config::HandlerSettings;
 use crate::handlers::{self, AsyncHandler, DispatchedEvent};
-use crate::storage::handler_state::{self, Outcome, Work};
+use crate::storage::handler_state::{Outcome, Work};
 use crate::storage::{StorageError, Store};
 use crate::telemetry;
 use std::time::Duration;
@@ -109,10 +109,9 @@ impl Worker {
     }
 
     async fn idle_wait(&self) -> Duration {
-        let name = self.name.clone();
         let next = self
             .store
-            .read(move |conn| Ok(handler_state::next_due(conn, &name)?))
+            .next_handler_due(self.name.clone())
             .await
             .ok()
             .flatten();
@@ -125,23 +124,17 @@ impl Worker {
     }
 
     async fn pass(&self, shutdown: &watch::Receiver<bool>) -> Result<Pass, StorageError> {
-        let name = self.name.clone();
-        let now = now_ms();
         let work = self
             .store
-            .read(move |conn| handler_state::load_work(conn, &name, now, PASS_SIZE))
+            .handler_work(self.name.clone(), PASS_SIZE)
             .await?;
         if work.due.is_empty() && work.fresh.is_empty() {
             self.publish_stats().await;
             return Ok(Pass::Idle);
         }
         let (cursor, results) = self.run_handler(work, shutdown).await;
-        let name = self.name.clone();
         self.store
-            .write(move |tx| {
-                handler_state::record_pass(tx, &name, cursor, &results, now_ms())?;
-                Ok(())
-            })
+            .record_handler_pass(self.name.clone(), cursor, results)
             .await?;
         self.publish_stats().await;
         Ok(Pass::Processed)
@@ -224,12 +217,7 @@ impl Worker {
     }
 
     async fn publish_stats(&self) {
-        let name = self.name.clone();
-        if let Ok(stats) = self
-            .store
-            .read(move |conn| Ok(handler_state::stats(conn, &name)?))
-            .await
-        {
+        if let Ok(stats) = self.store.handler_stats(self.name.clone()).await {
             telemetry::record_handler_stats(&self.name, stats);
         }
     }

@@ -18,20 +18,18 @@ pub fn cutoff_ms(days: u64, now_ms: i64) -> i64 {
     now_ms.saturating_sub((days as i64).saturating_mul(DAY_MS))
 }
 
-/// Clears the raw bodies of events received before `cutoff_ms`; returns how many.
-pub async fn prune_before(store: &Store, cutoff_ms: i64) -> Result<u64, StorageError> {
+/// Clears the raw bodies of events received before `cutoff_ms`, except those the asynchronous
+/// `handlers` still have to deliver; returns how many.
+pub async fn prune_before(
+    store: &Store,
+    cutoff_ms: i64,
+    handlers: &[String],
+) -> Result<u64, StorageError> {
     let mut total = 0;
     loop {
         let cleared = store
-            .write(move |tx| {
-                Ok(tx.execute(
-                    "UPDATE events SET body = NULL WHERE id IN (
-                         SELECT id FROM events
-                         WHERE body IS NOT NULL AND received_ms < ?1 LIMIT ?2)",
-                    rusqlite::params![cutoff_ms, PRUNE_BATCH],
-                )?)
-            })
-            .await? as u64;
+            .prune_bodies(cutoff_ms, handlers.to_vec(), PRUNE_BATCH)
+            .await?;
         total += cleared;
         if cleared < PRUNE_BATCH as u64 {
             return Ok(total);
@@ -44,6 +42,7 @@ pub async fn prune_before(store: &Store, cutoff_ms: i64) -> Result<u64, StorageE
 /// Starts the background pruner when a retention period is configured.
 pub fn spawn(
     settings: &StorageSettings,
+    handlers: Vec<String>,
     store: Store,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
@@ -53,7 +52,7 @@ pub fn spawn(
     }
     Some(tokio::spawn(async move {
         loop {
-            match prune_before(&store, cutoff_ms(days, now_ms())).await {
+            match prune_before(&store, cutoff_ms(days, now_ms()), &handlers).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, days, "pruned raw bodies past retention"),
                 Err(error) => tracing::error!(error = %error, "pruning failed"),

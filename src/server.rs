@@ -7,7 +7,6 @@ use crate::config::Settings;
 use crate::dispatch;
 use crate::http::{self, AppState};
 use crate::ingest::Pipeline;
-use crate::query::Queries;
 use crate::retention;
 use crate::storage::Store;
 use crate::telemetry;
@@ -60,14 +59,20 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = dispatch::spawn_all(&settings.handlers, &store, stop_rx.clone());
-    let pruner = retention::spawn(&settings.storage, store.clone(), stop_rx.clone());
+    let handler_names: Vec<String> = settings.handlers.iter().map(|h| h.name.clone()).collect();
+    let pruner = retention::spawn(
+        &settings.storage,
+        handler_names.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    );
     let state = AppState {
         pipeline: Pipeline::new(store.clone()),
-        queries: Queries::new(store.clone()),
+        store: store.clone(),
         authenticator: Arc::new(Authenticator::new(&settings.auth)),
         api_token: settings.api.token.clone(),
         max_body_bytes: settings.server.max_body_bytes,
-        handler_names: Arc::new(settings.handlers.iter().map(|h| h.name.clone()).collect()),
+        handler_names: Arc::new(handler_names),
         metrics: telemetry::metrics_handle(),
     };
     // The global layer shares one semaphore across every route: a single limit for the server.

@@ -436,6 +436,30 @@ async fn a_dead_event_holds_its_customer_back_until_redriven() {
         "dead"
     );
 
+    // Retention never takes the body of an event a handler still owes.
+    let pruned = std::process::Command::new(env!("CARGO_BIN_EXE_rebilly-webhookd"))
+        .args([
+            "events",
+            "prune",
+            "--older-than-days",
+            "0",
+            "--yes",
+            "--config",
+        ])
+        .arg(&app.config_path)
+        .output()
+        .unwrap();
+    assert!(pruned.status.success(), "{pruned:?}");
+    for (id, owed) in [(dead, true), (held, true), (others[0], false)] {
+        let detail: Value = app
+            .api_get(&format!("/events/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(detail["body"].is_string(), owed, "event {id}: {detail}");
+    }
+
     // The target recovers; the operator redrives.
     target.rules().fail_customers.clear();
     let response = app.api_post("/handlers/crm/redrive").await;

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use rebilly_webhookd::auth::AuthenticatedBody;
 use rebilly_webhookd::config::Settings;
 use rebilly_webhookd::ingest::Pipeline;
-use rebilly_webhookd::query::{CustomerQuery, ListOptions, Queries};
+use rebilly_webhookd::query::{CustomerQuery, ListOptions};
 use rebilly_webhookd::storage::{Status, Store};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -166,11 +166,10 @@ fn deliver_all(deliveries: &[Vec<u8>], order: &[usize]) -> (Projection, Vec<Stat
             let body = AuthenticatedBody::from_operator(deliveries[index].clone().into());
             statuses.push(pipeline.submit(body).await.unwrap().status);
         }
-        let queries = Queries::new(store.clone());
         let mut customers = BTreeMap::new();
         let mut checks = BTreeMap::new();
         for id in CUSTOMERS {
-            if let Some(mut view) = queries.customer(id.to_owned()).await.unwrap() {
+            if let Some(mut view) = store.customer(id.to_owned()).await.unwrap() {
                 let check = view
                     .as_object_mut()
                     .unwrap()
@@ -184,7 +183,7 @@ fn deliver_all(deliveries: &[Vec<u8>], order: &[usize]) -> (Projection, Vec<Stat
             limit: Some("1000".into()),
             ..ListOptions::default()
         };
-        let page = queries
+        let page = store
             .customers(CustomerQuery::parse(&options).unwrap())
             .await
             .unwrap();

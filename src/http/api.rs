@@ -73,7 +73,7 @@ pub async fn get_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    match state.queries.customer(id.clone()).await? {
+    match state.store.customer(id.clone()).await? {
         Some(customer) => Ok(Json(customer)),
         None => Err(Problem::not_found(format!("no customer with id {id}"))),
     }
@@ -96,7 +96,7 @@ pub async fn list_customers(
         fields: params.remove("fields"),
     };
     let query = CustomerQuery::parse(&options).map_err(|e| Problem::bad_query(&e))?;
-    let page = state.queries.customers(query).await?;
+    let page = state.store.customers(query).await?;
     let mut response = Json(page.customers).into_response();
     pagination_headers(response.headers_mut(), page.total, page.limit, page.offset);
     Ok(response)
@@ -129,7 +129,7 @@ pub async fn list_events(
     };
     let filter = parse_event_filter(&options).map_err(|e| Problem::bad_query(&e))?;
     let (limit, offset) = (filter.limit, filter.offset);
-    let (events, total) = state.queries.events(filter).await?;
+    let (events, total) = state.store.events(filter).await?;
     let mut response = Json(events).into_response();
     pagination_headers(response.headers_mut(), total, limit, offset);
     Ok(response)
@@ -140,7 +140,7 @@ pub async fn get_event(
     Path(id): Path<i64>,
 ) -> Result<Json<crate::storage::EventDetail>, Problem> {
     state
-        .queries
+        .store
         .event(id)
         .await?
         .map(Json)
@@ -166,7 +166,7 @@ pub async fn redrive_handler(
     if !state.handler_names.contains(&name) {
         return Err(Problem::not_found(format!("no handler named {name}")));
     }
-    let count = admin::redrive(state.pipeline.store(), name.clone()).await?;
+    let count = state.store.redrive(name.clone()).await?;
     Ok(Json(
         serde_json::json!({"handler": name, "redriven": count}),
     ))

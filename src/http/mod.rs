@@ -7,8 +7,8 @@ mod webhook;
 
 use crate::auth::Authenticator;
 use crate::ingest::Pipeline;
-use crate::query::Queries;
 use crate::secret::Secret;
+use crate::storage::Store;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -28,7 +28,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Pipeline,
-    pub queries: Queries,
+    pub store: Store,
     pub authenticator: Arc<Authenticator>,
     pub api_token: Option<Secret>,
     pub max_body_bytes: usize,
@@ -72,7 +72,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.pipeline.store().probe_write().await {
+    match state.store.probe_write().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(error) => {
             tracing::warn!(error = %error, "readiness probe failed");

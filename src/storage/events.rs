@@ -221,14 +221,38 @@ pub fn detail(conn: &Connection, id: i64) -> Result<Option<EventDetail>, Storage
 }
 
 /// The raw body of an event, for replaying it; `None` if unknown or pruned.
-pub fn raw_body(conn: &Connection, id: i64) -> Result<Option<(Vec<u8>, i64)>, StorageError> {
-    let found: Option<(Option<Vec<u8>>, Option<i64>, i64)> = conn
-        .prepare_cached("SELECT body, duplicate_of, received_ms FROM events WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+pub fn raw_body(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>, StorageError> {
+    let found: Option<(Option<Vec<u8>>, Option<i64>)> = conn
+        .prepare_cached("SELECT body, duplicate_of FROM events WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     match found {
-        Some((Some(body), _, received)) => Ok(Some((body, received))),
-        Some((None, Some(original), _)) => raw_body(conn, original),
+        Some((Some(body), _)) => Ok(Some(body)),
+        Some((None, Some(original))) => raw_body(conn, original),
         _ => Ok(None),
     }
+}
+
+/// Clears up to `limit` raw bodies received before `cutoff_ms`. A body stays while a handler
+/// still owes its event a delivery (retrying or dead) or has not reached it yet.
+pub fn prune_bodies(
+    conn: &Connection,
+    cutoff_ms: i64,
+    handlers: &[String],
+    limit: i64,
+) -> Result<u64, StorageError> {
+    let mut reached = i64::MAX;
+    for handler in handlers {
+        reached = reached.min(super::handler_state::cursor(conn, handler)?);
+    }
+    let cleared = conn
+        .prepare_cached(
+            "UPDATE events SET body = NULL WHERE id IN (
+                 SELECT id FROM events
+                 WHERE body IS NOT NULL AND received_ms < ?1 AND id <= ?2
+                   AND id NOT IN (SELECT event_id FROM handler_deliveries)
+                 LIMIT ?3)",
+        )?
+        .execute(params![cutoff_ms, reached, limit])?;
+    Ok(cleared as u64)
 }

@@ -3,24 +3,29 @@
 //! The rest of the crate sees only [`Store`]: an asynchronous interface whose writes go to one
 //! writer thread (which groups waiting deliveries into one transaction) and whose reads run on
 //! pooled WAL reader connections in the blocking pool. No rusqlite call ever runs on an async
-//! worker thread. SQLite is the embedded backend; this interface is the seam for others.
+//! worker thread. SQLite is the embedded backend; the methods of `Store` speak only of the
+//! event model, queries and handler state, never of SQL, so they are the seam where another
+//! backend (PostgreSQL is planned) would plug in.
 
 mod connection;
+mod customers;
 mod events;
 pub mod handler_state;
 mod migrations;
 mod readers;
 mod writer;
 
-pub use events::{
-    EventDetail, EventFilter, EventRecord, HandlerAttempt, detail as event_detail,
-    list as list_events, raw_body,
-};
+pub use customers::CustomerPage;
+pub use events::{EventDetail, EventFilter, EventRecord, HandlerAttempt};
 pub use migrations::MIGRATIONS;
 
+use crate::clock::now_ms;
 use crate::config::StorageSettings;
 use crate::event::{Event, ParseError};
+use crate::handlers::DispatchedEvent;
+use crate::query::CustomerQuery;
 use axum::body::Bytes;
+use handler_state::{HandlerStats, Outcome, Work};
 use readers::Readers;
 use rusqlite::Connection;
 use std::sync::Arc;
@@ -169,7 +174,7 @@ impl Store {
     }
 
     /// Runs `work` in its own write transaction on the writer thread.
-    pub async fn write<R, F>(&self, work: F) -> Result<R, StorageError>
+    async fn write<R, F>(&self, work: F) -> Result<R, StorageError>
     where
         R: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StorageError> + Send + 'static,
@@ -202,7 +207,7 @@ impl Store {
     }
 
     /// Runs `work` on a pooled read-only connection in the blocking pool.
-    pub async fn read<R, F>(&self, work: F) -> Result<R, StorageError>
+    async fn read<R, F>(&self, work: F) -> Result<R, StorageError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
@@ -214,6 +219,84 @@ impl Store {
     /// Recomputes the projection from the event log; see `writer::rebuild_projection`.
     pub async fn rebuild_projection(&self) -> Result<u64, StorageError> {
         self.on_writer(writer::rebuild_projection).await
+    }
+
+    /// One projected customer, as served (`None` if unknown).
+    pub async fn customer(&self, id: String) -> Result<Option<serde_json::Value>, StorageError> {
+        self.read(move |conn| customers::customer(conn, &id)).await
+    }
+
+    /// A page of listed customers.
+    pub async fn customers(&self, query: CustomerQuery) -> Result<CustomerPage, StorageError> {
+        self.read(move |conn| customers::list(conn, &query)).await
+    }
+
+    /// A page of the event log, newest first, and the total matching the filter.
+    pub async fn events(
+        &self,
+        filter: EventFilter,
+    ) -> Result<(Vec<EventRecord>, u64), StorageError> {
+        self.read(move |conn| events::list(conn, &filter)).await
+    }
+
+    /// One event with its raw body and handler state.
+    pub async fn event(&self, id: i64) -> Result<Option<EventDetail>, StorageError> {
+        self.read(move |conn| events::detail(conn, id)).await
+    }
+
+    /// The raw body of an event (`None` if unknown or pruned).
+    pub async fn raw_body(&self, id: i64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.read(move |conn| events::raw_body(conn, id)).await
+    }
+
+    /// What a handler has to do now: due retries and new events after its cursor.
+    pub async fn handler_work(&self, handler: String, limit: u32) -> Result<Work, StorageError> {
+        let now = now_ms();
+        self.read(move |conn| handler_state::load_work(conn, &handler, now, limit))
+            .await
+    }
+
+    /// Records a handler pass and moves its cursor, in one transaction.
+    pub async fn record_handler_pass(
+        &self,
+        handler: String,
+        cursor: i64,
+        results: Vec<(DispatchedEvent, Outcome)>,
+    ) -> Result<(), StorageError> {
+        self.write(move |tx| {
+            handler_state::record_pass(tx, &handler, cursor, &results, now_ms())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// When the handler's earliest retry falls due, if it has one.
+    pub async fn next_handler_due(&self, handler: String) -> Result<Option<i64>, StorageError> {
+        self.read(move |conn| Ok(handler_state::next_due(conn, &handler)?))
+            .await
+    }
+
+    pub async fn handler_stats(&self, handler: String) -> Result<HandlerStats, StorageError> {
+        self.read(move |conn| Ok(handler_state::stats(conn, &handler)?))
+            .await
+    }
+
+    /// Gives a handler's dead events a fresh set of attempts; returns how many.
+    pub async fn redrive(&self, handler: String) -> Result<usize, StorageError> {
+        self.write(move |tx| Ok(handler_state::redrive(tx, &handler, now_ms())?))
+            .await
+    }
+
+    /// Clears up to `limit` raw bodies received before `cutoff_ms`, sparing every body that
+    /// one of `handlers` has yet to deliver; returns how many were cleared.
+    pub async fn prune_bodies(
+        &self,
+        cutoff_ms: i64,
+        handlers: Vec<String>,
+        limit: i64,
+    ) -> Result<u64, StorageError> {
+        self.write(move |tx| events::prune_bodies(tx, cutoff_ms, &handlers, limit))
+            .await
     }
 
     /// Watches the id of the newest committed event.

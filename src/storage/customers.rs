@@ -1,0 +1,213 @@
+//! Reading the customer projection: one customer, and lists with filters, sorting, search and
+//! paging, each served as the snapshot plus `mergedInto` and `experianCheck`.
+
+use super::StorageError;
+use crate::query::{CustomerField, CustomerQuery, FilterValue};
+use rusqlite::{Connection, OptionalExtension, ToSql};
+use serde_json::{Map, Value};
+
+/// A page of customers and the total count matching the query.
+#[derive(Debug, Clone)]
+pub struct CustomerPage {
+    pub customers: Vec<Value>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// The projection column behind each list field.
+fn column(field: CustomerField) -> &'static str {
+    match field {
+        CustomerField::Id => "id",
+        CustomerField::Email => "email",
+        CustomerField::FirstName => "first_name",
+        CustomerField::LastName => "last_name",
+        CustomerField::Company => "company",
+        CustomerField::Country => "country",
+        CustomerField::City => "city",
+        CustomerField::WebsiteId => "website_id",
+        CustomerField::CreatedTime => "created_time",
+        CustomerField::UpdatedTime => "updated_time",
+        CustomerField::Revision => "revision",
+    }
+}
+
+impl ToSql for FilterValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(text) => text.to_sql(),
+            Self::Integer(value) => value.to_sql(),
+        }
+    }
+}
+
+/// The `WHERE` clause and its values. Merged-away customers, and ids known only from an
+/// Experian check without a snapshot, are not listed.
+fn condition(query: &CustomerQuery) -> (String, Vec<Box<dyn ToSql>>) {
+    let mut clauses = vec![
+        "merged_into IS NULL".to_owned(),
+        "snapshot IS NOT NULL".to_owned(),
+    ];
+    let mut values: Vec<Box<dyn ToSql>> = Vec::new();
+    for (field, choices) in &query.filters {
+        let marks = vec!["?"; choices.len()].join(", ");
+        clauses.push(format!("{} IN ({marks})", column(*field)));
+        values.extend(
+            choices
+                .iter()
+                .map(|v| Box::new(v.clone()) as Box<dyn ToSql>),
+        );
+    }
+    if let Some(search) = &query.search {
+        clauses.push("search LIKE ? ESCAPE '\\'".to_owned());
+        values.push(Box::new(format!("%{}%", escape_like(search))));
+    }
+    (clauses.join(" AND "), values)
+}
+
+fn order(query: &CustomerQuery) -> String {
+    let mut terms: Vec<String> = query
+        .sort
+        .iter()
+        .map(|(field, descending)| {
+            let direction = if *descending { "DESC" } else { "ASC" };
+            format!("{} {direction}", column(*field))
+        })
+        .collect();
+    // Ties are broken by id, so that paging walks every customer exactly once.
+    if !query
+        .sort
+        .iter()
+        .any(|(field, _)| *field == CustomerField::Id)
+    {
+        terms.push("id ASC".to_owned());
+    }
+    terms.join(", ")
+}
+
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The customer as served: the snapshot plus `mergedInto` and `experianCheck`.
+fn customer_view(
+    id: &str,
+    snapshot: Option<&str>,
+    merged_into: Option<String>,
+    experian_check: Option<&str>,
+) -> Map<String, Value> {
+    let mut view = snapshot
+        .and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok())
+        .unwrap_or_else(|| {
+            let mut only_id = Map::new();
+            only_id.insert("id".into(), Value::String(id.to_owned()));
+            only_id
+        });
+    view.insert(
+        "mergedInto".into(),
+        merged_into.map(Value::String).unwrap_or(Value::Null),
+    );
+    view.insert(
+        "experianCheck".into(),
+        experian_check
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or(Value::Null),
+    );
+    view
+}
+
+fn keep_fields(view: Map<String, Value>, fields: Option<&[String]>) -> Value {
+    match fields {
+        None => Value::Object(view),
+        Some(fields) => Value::Object(
+            view.into_iter()
+                .filter(|(key, _)| fields.iter().any(|f| f == key))
+                .collect(),
+        ),
+    }
+}
+
+const VIEW_COLUMNS: &str = "id, snapshot, merged_into, experian_check";
+
+fn view_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Map<String, Value>> {
+    let id: String = row.get(0)?;
+    let snapshot: Option<String> = row.get(1)?;
+    let experian: Option<String> = row.get(3)?;
+    Ok(customer_view(
+        &id,
+        snapshot.as_deref(),
+        row.get(2)?,
+        experian.as_deref(),
+    ))
+}
+
+pub fn customer(conn: &Connection, id: &str) -> Result<Option<Value>, StorageError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {VIEW_COLUMNS} FROM customers WHERE id = ?1"
+        ))?
+        .query_row([id], view_from_row)
+        .optional()?
+        .map(Value::Object))
+}
+
+pub fn list(conn: &Connection, query: &CustomerQuery) -> Result<CustomerPage, StorageError> {
+    let (condition, mut values) = condition(query);
+    let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
+    let total: u64 = conn
+        .prepare_cached(&format!("SELECT COUNT(*) FROM customers WHERE {condition}"))?
+        .query_row(params.as_slice(), |r| r.get(0))?;
+    values.push(Box::new(i64::from(query.limit)));
+    values.push(Box::new(i64::from(query.offset)));
+    let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
+    let sql = format!(
+        "SELECT {VIEW_COLUMNS} FROM customers WHERE {condition} ORDER BY {} LIMIT ? OFFSET ?",
+        order(query)
+    );
+    let customers = conn
+        .prepare_cached(&sql)?
+        .query_map(params.as_slice(), view_from_row)?
+        .map(|view| view.map(|v| keep_fields(v, query.fields.as_deref())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CustomerPage {
+        customers,
+        total,
+        limit: query.limit,
+        offset: query.offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::ListOptions;
+
+    #[test]
+    fn sorting_maps_fields_to_columns_and_breaks_ties_by_id() {
+        let query = CustomerQuery::parse(&ListOptions {
+            sort: Some("-createdTime,lastName".into()),
+            ..ListOptions::default()
+        })
+        .unwrap();
+        assert_eq!(order(&query), "created_time DESC, last_name ASC, id ASC");
+    }
+
+    #[test]
+    fn search_text_is_escaped_for_like() {
+        assert_eq!(escape_like("50%_a\\"), "50\\%\\_a\\\\");
+    }
+
+    #[test]
+    fn fields_limit_the_view() {
+        let view = customer_view("c", Some(r#"{"id":"c","email":"e","x":1}"#), None, None);
+        let kept = keep_fields(view, Some(&["id".to_owned(), "mergedInto".to_owned()]));
+        assert_eq!(kept, serde_json::json!({"id": "c", "mergedInto": null}));
+    }
+}
