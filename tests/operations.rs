@@ -873,3 +873,93 @@ async fn healthcheck_reports_whether_the_daemon_answers() {
     );
     assert!(!output.stderr.is_empty(), "and the reason is printed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_and_no_secret_or_personal_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("webhookd.db");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            "127.0.0.1:0",
+            &db,
+            "[log]\nformat = \"json\"\nlevel = \"info\"\n",
+        ),
+    )
+    .unwrap();
+    let mut child = binary()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let address = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        let entry: Value = serde_json::from_str(&line).expect("every log line is JSON");
+        seen.push(line);
+        if entry["message"] == "listening" {
+            break entry["address"].as_str().unwrap().to_owned();
+        }
+    };
+
+    let body = customer_event("customer-created", "cus_logged", 1, json!({}));
+    let email = "cus_logged@example.com";
+    assert!(String::from_utf8_lossy(&body).contains(email));
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/webhooks/rebilly"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("x-request-id", "trace-me-42")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refused = reqwest::Client::new()
+        .post(format!("http://{address}/webhooks/rebilly"))
+        .basic_auth(USER, Some("a-wrong-password-value"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for line in lines {
+        seen.push(line.unwrap());
+    }
+    assert!(child.wait().unwrap().success());
+
+    let entries: Vec<Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let stored = entries
+        .iter()
+        .find(|e| e["message"] == "delivery stored")
+        .unwrap_or_else(|| panic!("no `delivery stored` line in {seen:#?}"));
+    let text = stored.to_string();
+    assert!(text.contains("trace-me-42"), "{text}");
+    assert!(text.contains("cus_logged"), "{text}");
+    assert!(text.contains("applied"), "{text}");
+    let all = seen.join("\n");
+    for secret in [PASSWORD, "a-wrong-password-value", API_TOKEN, email, "Test"] {
+        assert!(
+            !all.contains(secret),
+            "`{secret}` leaked into the logs:\n{all}"
+        );
+    }
+}
