@@ -888,7 +888,7 @@ async fn json_logs_carry_the_request_id_and_no_secret_or_personal_data() {
         config_text(
             "127.0.0.1:0",
             &db,
-            "[log]\nformat = \"json\"\nlevel = \"info\"\n",
+            "[log]\nformat = \"json\"\nlevel = \"info,rebilly_webhookd=debug\"\n",
         ),
     )
     .unwrap();

@@ -23,7 +23,19 @@ pub enum Effect {
 
 /// A handler that runs inside the transaction that records the event.
 pub trait ProjectionHandler: Send {
-    fn apply(&self, conn: &Connection, event_id: i64, event: &Event) -> rusqlite::Result<Effect>;
+    /// What the handler computes from the event alone (encoding, extraction), on the request's
+    /// own task, so that the single writer thread spends its time on the database only.
+    type Prepared: Send;
+
+    fn prepare(&self, event: &Event) -> Self::Prepared;
+
+    fn apply(
+        &self,
+        conn: &Connection,
+        event_id: i64,
+        event: &Event,
+        prepared: &Self::Prepared,
+    ) -> rusqlite::Result<Effect>;
 }
 
 /// The built-in projection of customers.
@@ -31,14 +43,64 @@ pub trait ProjectionHandler: Send {
 pub struct CustomerProjection;
 
 impl ProjectionHandler for CustomerProjection {
-    fn apply(&self, conn: &Connection, event_id: i64, event: &Event) -> rusqlite::Result<Effect> {
+    type Prepared = Encoded;
+
+    fn prepare(&self, event: &Event) -> Encoded {
+        let customers: Vec<&Customer> = match event {
+            Event::CustomerCreated(e) | Event::CustomerUpdated(e) => vec![&e.customer],
+            Event::CustomerMerged(merge) => std::iter::once(&merge.duplicated)
+                .chain(merge.target.as_ref())
+                .collect(),
+            Event::ExperianCheckPerformed(check) => check.customer.iter().collect(),
+            Event::Other { .. } => Vec::new(),
+        };
+        Encoded(customers.into_iter().map(EncodedSnapshot::of).collect())
+    }
+
+    fn apply(
+        &self,
+        conn: &Connection,
+        event_id: i64,
+        event: &Event,
+        encoded: &Encoded,
+    ) -> rusqlite::Result<Effect> {
         match event {
             Event::CustomerCreated(e) | Event::CustomerUpdated(e) => {
-                apply_customer_event(conn, event_id, &e.customer)
+                apply_customer_event(conn, event_id, &e.customer, encoded)
             }
-            Event::CustomerMerged(merge) => apply_merge(conn, event_id, merge),
-            Event::ExperianCheckPerformed(check) => apply_experian(conn, event_id, check),
+            Event::CustomerMerged(merge) => apply_merge(conn, event_id, merge, encoded),
+            Event::ExperianCheckPerformed(check) => apply_experian(conn, event_id, check, encoded),
             Event::Other { .. } => Ok(Effect::NotHandled),
+        }
+    }
+}
+
+/// The customer snapshots of one event, ready to be written.
+#[derive(Debug, Default)]
+pub struct Encoded(Vec<EncodedSnapshot>);
+
+#[derive(Debug, Clone)]
+struct EncodedSnapshot {
+    id: String,
+    json: String,
+    fields: QueryFields,
+}
+
+impl EncodedSnapshot {
+    fn of(customer: &Customer) -> Self {
+        Self {
+            id: customer.id.as_str().to_owned(),
+            json: serde_json::to_string(&customer.resource).expect("a JSON map serializes"),
+            fields: QueryFields::of(&customer.resource),
+        }
+    }
+}
+
+impl Encoded {
+    fn snapshot(&self, customer: &Customer) -> std::borrow::Cow<'_, EncodedSnapshot> {
+        match self.0.iter().find(|s| s.id == customer.id.as_str()) {
+            Some(found) => std::borrow::Cow::Borrowed(found),
+            None => std::borrow::Cow::Owned(EncodedSnapshot::of(customer)),
         }
     }
 }
@@ -95,6 +157,7 @@ fn apply_customer_event(
     conn: &Connection,
     event_id: i64,
     customer: &Customer,
+    encoded: &Encoded,
 ) -> rusqlite::Result<Effect> {
     let current = stored(conn, customer.id.as_str())?;
     if let Some(target) = current.as_ref().and_then(|c| c.merged_into.as_ref()) {
@@ -103,7 +166,7 @@ fn apply_customer_event(
             customer.id
         ))));
     }
-    apply_snapshot(conn, event_id, customer, current.as_ref())
+    apply_snapshot(conn, event_id, customer, current.as_ref(), encoded)
 }
 
 /// Writes the snapshot if it supersedes what is stored.
@@ -112,6 +175,7 @@ fn apply_snapshot(
     event_id: i64,
     customer: &Customer,
     current: Option<&Stored>,
+    encoded: &Encoded,
 ) -> rusqlite::Result<Effect> {
     if let Some(current) = current
         && !supersedes(customer, event_id, current)
@@ -122,13 +186,18 @@ fn apply_snapshot(
         };
         return Ok(Effect::Stale(Some(reason)));
     }
-    write_snapshot(conn, event_id, customer)?;
+    write_snapshot(conn, event_id, customer, encoded)?;
     Ok(Effect::Applied)
 }
 
-fn write_snapshot(conn: &Connection, event_id: i64, customer: &Customer) -> rusqlite::Result<()> {
-    let fields = QueryFields::of(&customer.resource);
-    let snapshot = serde_json::to_string(&customer.resource).expect("a JSON map serializes");
+fn write_snapshot(
+    conn: &Connection,
+    event_id: i64,
+    customer: &Customer,
+    encoded: &Encoded,
+) -> rusqlite::Result<()> {
+    let encoded = encoded.snapshot(customer);
+    let fields = &encoded.fields;
     conn.prepare_cached(
         "INSERT INTO customers (id, revision, updated_ms, event_id, snapshot, email, first_name,
                                 last_name, company, country, city, website_id, created_time,
@@ -147,7 +216,7 @@ fn write_snapshot(conn: &Connection, event_id: i64, customer: &Customer) -> rusq
         customer.revision.map(|r| r.get()),
         updated_ms(customer),
         event_id,
-        snapshot,
+        encoded.json,
         fields.email,
         fields.first_name,
         fields.last_name,
@@ -166,6 +235,7 @@ fn apply_merge(
     conn: &Connection,
     event_id: i64,
     merge: &CustomerMerged,
+    encoded: &Encoded,
 ) -> rusqlite::Result<Effect> {
     let duplicated = &merge.duplicated;
     let newly_merged = conn
@@ -180,10 +250,10 @@ fn apply_merge(
         // The merge is Rebilly's last description of the customer it deleted: keep it whatever
         // arrived before (even a higher revision), as nothing arriving after it can change it.
         // Otherwise the merged-away snapshot would depend on arrival order.
-        write_snapshot(conn, event_id, duplicated)?;
+        write_snapshot(conn, event_id, duplicated, encoded)?;
     }
     let target_applied = match &merge.target {
-        Some(target) => apply_customer_event(conn, event_id, target)? == Effect::Applied,
+        Some(target) => apply_customer_event(conn, event_id, target, encoded)? == Effect::Applied,
         None => false,
     };
     if newly_merged || target_applied {
@@ -200,6 +270,7 @@ fn apply_experian(
     conn: &Connection,
     event_id: i64,
     check: &ExperianCheck,
+    encoded: &Encoded,
 ) -> rusqlite::Result<Effect> {
     let summary = check.summary().to_string();
     // The latest check received wins; a replayed older event never hides a newer check.
@@ -213,14 +284,14 @@ fn apply_experian(
     )?
     .execute(params![check.customer_id.as_str(), summary, event_id])?;
     if let Some(customer) = &check.customer {
-        apply_customer_event(conn, event_id, customer)?;
+        apply_customer_event(conn, event_id, customer, encoded)?;
     }
     // The check itself is new information even when the embedded snapshot is not.
     Ok(Effect::Applied)
 }
 
 /// Snapshot fields copied into columns so that lists can filter, sort and search them.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct QueryFields {
     email: Option<String>,
     first_name: Option<String>,

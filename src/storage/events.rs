@@ -61,7 +61,7 @@ pub fn insert(conn: &Connection, row: &EventRow<'_>) -> rusqlite::Result<()> {
 }
 
 /// Claims a dedupe key for `event_id`; returns the event that already owns it, if any.
-pub fn claim_key(conn: &Connection, key: &str, event_id: i64) -> rusqlite::Result<Option<i64>> {
+pub fn claim_key(conn: &Connection, key: &[u8], event_id: i64) -> rusqlite::Result<Option<i64>> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO dedupe_keys (key, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",

@@ -8,7 +8,7 @@
 use super::events::{self, EventRow};
 use super::{Ingested, NewDelivery, Status, StorageError};
 use crate::event::{Event, ParseError};
-use crate::handlers::projection::{CustomerProjection, Effect, ProjectionHandler};
+use crate::handlers::projection::{CustomerProjection, Effect, Encoded, ProjectionHandler};
 use crate::telemetry;
 use rusqlite::{Connection, TransactionBehavior};
 use sha2::{Digest, Sha256};
@@ -26,46 +26,60 @@ pub enum Command {
     Stop(Job),
 }
 
-/// A delivery with its body hash computed on the request's own task, off the writer thread.
+/// A delivery with everything that needs no database (hashes, encoded snapshots) computed on
+/// the request's own task, so that the single writer thread spends its time on SQLite.
 pub struct Delivery {
     inner: NewDelivery,
-    body_key: String,
+    keys: DedupeKeys,
+    prepared: Encoded,
 }
 
 impl Delivery {
     pub fn new(inner: NewDelivery) -> Self {
-        let body_key = body_key(&inner.body);
-        Self { inner, body_key }
+        let (keys, prepared) = prepare(&inner.body, inner.parsed.as_ref().ok());
+        Self {
+            inner,
+            keys,
+            prepared,
+        }
     }
 }
 
-fn body_key(body: &[u8]) -> String {
-    let digest = Sha256::digest(body);
-    let mut key = String::with_capacity(7 + 64);
-    key.push_str("sha256:");
-    for byte in digest {
-        key.push_str(&format!("{byte:02x}"));
-    }
-    key
+fn prepare(body: &[u8], event: Option<&Event>) -> (DedupeKeys, Encoded) {
+    let keys = DedupeKeys {
+        body: Sha256::digest(body).into(),
+        semantic: event.and_then(semantic_key),
+    };
+    let prepared = event
+        .map(|e| CustomerProjection.prepare(e))
+        .unwrap_or_default();
+    (keys, prepared)
+}
+
+/// Dedupe keys are SHA-256 digests: of the body, and of the (type, customer, revision) text.
+struct DedupeKeys {
+    body: [u8; 32],
+    semantic: Option<[u8; 32]>,
 }
 
 /// The key that makes a second event of the same type, customer and revision a duplicate.
 /// Experian checks have none: each one is kept.
-fn semantic_key(event: &Event) -> Option<String> {
-    match event {
+fn semantic_key(event: &Event) -> Option<[u8; 32]> {
+    let text = match event {
         Event::CustomerCreated(e) | Event::CustomerUpdated(e) => {
             let revision = e.customer.revision?;
-            Some(format!(
-                "{}/{}/{}",
+            format!(
+                "{}\n{}\n{}",
                 event.event_type(),
                 e.customer.id,
                 revision.get()
-            ))
+            )
         }
         // A customer is merged away once: the duplicated id alone identifies the merge.
-        Event::CustomerMerged(e) => Some(format!("{}/{}", event.event_type(), e.duplicated.id)),
-        Event::ExperianCheckPerformed(_) | Event::Other { .. } => None,
-    }
+        Event::CustomerMerged(e) => format!("{}\n{}", event.event_type(), e.duplicated.id),
+        Event::ExperianCheckPerformed(_) | Event::Other { .. } => return None,
+    };
+    Some(Sha256::digest(text.as_bytes()).into())
 }
 
 pub fn spawn(
@@ -212,7 +226,14 @@ fn ingest_one(
             row.event_type = Some(event.event_type());
             row.customer_id = event.customer_id().map(|c| c.as_str());
             row.revision = event.revision().map(|r| r.get());
-            classify(conn, projection, &mut row, &delivery.body_key, event)?;
+            classify(
+                conn,
+                projection,
+                &mut row,
+                &delivery.keys,
+                event,
+                &delivery.prepared,
+            )?;
         }
     }
     events::insert(conn, &row)?;
@@ -232,24 +253,25 @@ fn classify(
     conn: &Connection,
     projection: &CustomerProjection,
     row: &mut EventRow<'_>,
-    body_key: &str,
+    keys: &DedupeKeys,
     event: &Event,
+    prepared: &Encoded,
 ) -> rusqlite::Result<()> {
-    if let Some(original) = events::claim_key(conn, body_key, row.id)? {
+    if let Some(original) = events::claim_key(conn, &keys.body, row.id)? {
         row.status = Status::Duplicate;
         row.duplicate_of = Some(original);
         // The original holds these very bytes; keeping them twice would only cost space.
         row.body = None;
         return Ok(());
     }
-    if let Some(key) = semantic_key(event)
-        && let Some(original) = events::claim_key(conn, &key, row.id)?
+    if let Some(key) = &keys.semantic
+        && let Some(original) = events::claim_key(conn, key, row.id)?
     {
         row.status = Status::Duplicate;
         row.duplicate_of = Some(original);
         return Ok(());
     }
-    row.status = match projection.apply(conn, row.id, event)? {
+    row.status = match projection.apply(conn, row.id, event, prepared)? {
         Effect::Applied => Status::Applied,
         Effect::Stale(reason) => {
             row.error = reason;
@@ -291,8 +313,9 @@ pub fn rebuild_projection(conn: &mut Connection) -> Result<u64, StorageError> {
             let Ok(event) = crate::event::parse(&body) else {
                 continue;
             };
+            let (keys, prepared) = prepare(&body, Some(&event));
             let mut scratch = EventRow::new(id, 0, None);
-            classify(&tx, &projection, &mut scratch, &body_key(&body), &event)?;
+            classify(&tx, &projection, &mut scratch, &keys, &event, &prepared)?;
             replayed += 1;
         }
     }
@@ -305,10 +328,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn body_keys_are_hex_sha256() {
+    fn experian_checks_have_no_semantic_key_but_customer_events_do() {
+        let created = crate::event::parse(
+            br#"{"eventType":"customer-created","customerId":"c","_embedded":{"customer":{"id":"c","revision":2}}}"#,
+        )
+        .unwrap();
+        let check = crate::event::parse(
+            br#"{"eventType":"experian-check-performed","customerId":"c","outcome":1,"_embedded":{"customer":{"id":"c","revision":2}}}"#,
+        )
+        .unwrap();
+        assert!(semantic_key(&created).is_some());
+        assert_eq!(semantic_key(&check), None);
+        let (keys, _) = prepare(b"abc", None);
         assert_eq!(
-            body_key(b"abc"),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            keys.body[..4],
+            [0xba, 0x78, 0x16, 0xbf],
+            "SHA-256 of the body"
         );
     }
 }

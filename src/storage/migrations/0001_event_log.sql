@@ -19,9 +19,10 @@ CREATE INDEX events_by_status ON events (status, id);
 CREATE INDEX events_by_received ON events (received_ms) WHERE body IS NOT NULL;
 
 -- Dedupe through a constraint: the SHA-256 of each accepted body, and for customer events the
--- (event type, customer id, revision) they describe. The first event to claim a key owns it.
+-- SHA-256 of the (event type, customer id, revision) they describe. The first event to claim a
+-- key owns it.
 CREATE TABLE dedupe_keys (
-    key      TEXT PRIMARY KEY,
+    key      BLOB PRIMARY KEY,
     event_id INTEGER NOT NULL
 ) WITHOUT ROWID;
 
