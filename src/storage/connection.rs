@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 fn common(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -19,6 +20,8 @@ fn common(conn: &Connection) -> rusqlite::Result<()> {
 pub fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     common(&conn)?;
+    // The writer touches index pages all over the file; a larger cache saves re-reading them.
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let level = match synchronous {
         Synchronous::Full => "FULL",

@@ -110,6 +110,16 @@ struct Shared {
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Unpacks the writer's answer; the returned delivery is dropped here, on the caller's task.
+fn received(
+    answer: Result<writer::Answer, oneshot::error::RecvError>,
+) -> Result<Ingested, StorageError> {
+    match answer {
+        Ok((result, _delivery)) => result,
+        Err(_) => Err(StorageError::WriterGone),
+    }
+}
+
 /// The storage handle; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -154,7 +164,7 @@ impl Store {
                 mpsc::error::TrySendError::Full(_) => StorageError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
             })?;
-        answer.await.map_err(|_| StorageError::WriterGone)?
+        received(answer.await)
     }
 
     /// Queues a delivery, waiting for room instead of refusing (offline replay). Deliveries
@@ -170,7 +180,7 @@ impl Store {
             .send(command)
             .await
             .map_err(|_| StorageError::WriterGone)?;
-        Ok(async move { answer.await.map_err(|_| StorageError::WriterGone)? })
+        Ok(async move { received(answer.await) })
     }
 
     /// Runs `work` in its own write transaction on the writer thread.

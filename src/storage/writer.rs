@@ -16,7 +16,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-type Reply = oneshot::Sender<Result<Ingested, StorageError>>;
+/// The answer travels back with the delivery itself, so that the delivery's memory (the parsed
+/// event, the body) is freed on the request's task instead of on the busy writer thread.
+pub type Answer = (Result<Ingested, StorageError>, Box<Delivery>);
+type Reply = oneshot::Sender<Answer>;
 
 pub enum Command {
     Ingest(Box<Delivery>, Reply),
@@ -115,10 +118,10 @@ impl Writer {
             let mut after_batch = None;
             match command {
                 Command::Ingest(delivery, reply) => {
-                    batch.push((*delivery, reply));
+                    batch.push((delivery, reply));
                     while batch.len() < self.max_batch {
                         match receiver.try_recv() {
-                            Ok(Command::Ingest(delivery, reply)) => batch.push((*delivery, reply)),
+                            Ok(Command::Ingest(delivery, reply)) => batch.push((delivery, reply)),
                             Ok(other) => {
                                 after_batch = Some(other);
                                 break;
@@ -142,22 +145,22 @@ impl Writer {
         self.checkpoint();
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<(Delivery, Reply)>) {
+    fn commit_batch(&mut self, batch: &mut Vec<(Box<Delivery>, Reply)>) {
         let started = Instant::now();
         let size = batch.len();
         match self.apply_batch(batch) {
             Ok((answers, last_id)) => {
                 telemetry::record_batch(size, started.elapsed());
                 telemetry::record_log_size(last_id);
-                for ((_, reply), answer) in batch.drain(..).zip(answers) {
-                    let _ = reply.send(answer);
+                for ((delivery, reply), answer) in batch.drain(..).zip(answers) {
+                    let _ = reply.send((answer, delivery));
                 }
                 self.committed.send_replace(last_id);
             }
             Err(error) => {
                 tracing::error!(error = %error, batch = size, "writer batch failed to commit");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StorageError::Commit(error.to_string())));
+                for (delivery, reply) in batch.drain(..) {
+                    let _ = reply.send((Err(StorageError::Commit(error.to_string())), delivery));
                 }
             }
         }
@@ -167,7 +170,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     fn apply_batch(
         &mut self,
-        batch: &[(Delivery, Reply)],
+        batch: &[(Box<Delivery>, Reply)],
     ) -> rusqlite::Result<(Vec<Result<Ingested, StorageError>>, i64)> {
         let mut tx = self
             .conn
