@@ -5,6 +5,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, in their own layer, so that code changes do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -26,7 +27,8 @@ COPY --from=build /src/target/release/rebilly-webhookd /usr/local/bin/rebilly-we
 COPY config.example.toml /etc/rebilly-webhookd/config.toml
 ENV REBILLY_WEBHOOKD__SERVER__LISTEN=0.0.0.0:8080 \
     REBILLY_WEBHOOKD__STORAGE__PATH=/var/lib/rebilly-webhookd/rebilly-webhookd.db \
-    REBILLY_WEBHOOKD__LOG__FORMAT=json
+    REBILLY_WEBHOOKD__LOG__FORMAT=json \
+    MALLOC_ARENA_MAX=2
 VOLUME ["/var/lib/rebilly-webhookd"]
 USER webhookd
 EXPOSE 8080

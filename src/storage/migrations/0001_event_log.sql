@@ -28,6 +28,8 @@ CREATE TABLE dedupe_keys (
 
 -- The customer projection: the snapshot of the highest revision seen, plus merge and Experian
 -- state. The columns after `experian_event_id` are copies of snapshot fields for queries.
+-- List indexes cover exactly the listed customers (the condition every list query carries),
+-- so that counts and sorted pages are answered from the index alone.
 CREATE TABLE customers (
     id                TEXT PRIMARY KEY,
     revision          INTEGER,
@@ -48,11 +50,11 @@ CREATE TABLE customers (
     updated_time      TEXT,
     search            TEXT
 );
-CREATE INDEX customers_by_email ON customers (email) WHERE merged_into IS NULL;
-CREATE INDEX customers_by_last_name ON customers (last_name) WHERE merged_into IS NULL;
-CREATE INDEX customers_by_created ON customers (created_time) WHERE merged_into IS NULL;
-CREATE INDEX customers_by_updated ON customers (updated_time) WHERE merged_into IS NULL;
-CREATE INDEX customers_by_country ON customers (country, created_time) WHERE merged_into IS NULL;
+CREATE INDEX customers_by_email ON customers (email) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX customers_by_last_name ON customers (last_name) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX customers_by_created ON customers (created_time) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX customers_by_updated ON customers (updated_time) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX customers_by_country ON customers (country, created_time) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
 
 -- Asynchronous handlers: a cursor each over the event log, and the events still owed to them.
 CREATE TABLE handler_cursors (
