@@ -226,27 +226,6 @@ async fn deliver_applied(app: &TestApp, body: &[u8]) -> i64 {
     id
 }
 
-/// The value of a Prometheus sample line `name{labels}` (labels in any order), 0 if absent.
-fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
-            all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 async fn metrics_text(app: &TestApp) -> String {
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -624,7 +603,7 @@ kind = "log"
     );
     let app = common::spawn_app_with(&config).await;
     let before = metrics_text(&app).await;
-    let delivered_before = metric_value(
+    let delivered_before = common::metric_value(
         &before,
         "rebilly_webhookd_handler_attempts_total",
         &[
@@ -661,7 +640,7 @@ kind = "log"
     }
     eventually("the log handler handled every event", || async {
         let text = metrics_text(&app).await;
-        let delivered = metric_value(
+        let delivered = common::metric_value(
             &text,
             "rebilly_webhookd_handler_attempts_total",
             &[

@@ -59,27 +59,6 @@ fn assert_success(output: &Output) {
     );
 }
 
-/// The value of a Prometheus sample `name{labels}` (given labels must match), 0 if absent.
-fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
-            all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 async fn metrics_text(app: &TestApp) -> String {
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200, "/metrics needs no token");
@@ -145,7 +124,7 @@ async fn metrics_count_every_delivery_outcome() {
         "too_large",
     ];
     let count = |text: &str, outcome: &str| {
-        metric_value(
+        common::metric_value(
             text,
             "rebilly_webhookd_deliveries_total",
             &[("outcome", outcome)],
@@ -205,7 +184,7 @@ async fn metrics_count_every_delivery_outcome() {
         "rebilly_webhookd_writer_batch_size",
     ] {
         assert!(
-            metric_value(&after, &format!("{histogram}_count"), &[]) > 0.0,
+            common::metric_value(&after, &format!("{histogram}_count"), &[]) > 0.0,
             "{histogram} is recorded:\n{after}"
         );
         assert!(
@@ -214,11 +193,11 @@ async fn metrics_count_every_delivery_outcome() {
         );
     }
     assert!(
-        metric_value(
+        common::metric_value(
             &after,
             "rebilly_webhookd_request_duration_seconds_count",
             &[("route", "webhook")]
-        ) - metric_value(
+        ) - common::metric_value(
             &before,
             "rebilly_webhookd_request_duration_seconds_count",
             &[("route", "webhook")]
@@ -715,26 +694,8 @@ impl Drop for Daemon {
 }
 
 fn config_text(listen: &str, db: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{listen}"
-shutdown_grace_seconds = 10
-
-[storage]
-path = "{db}"
-synchronous = "normal"
-
-[[auth.basic]]
-username = "{USER}"
-password = "{PASSWORD}"
-
-[api]
-token = "{API_TOKEN}"
-{extra}
-"#,
-        db = db.display()
-    )
+    let base = common::config_text(listen, db, "shutdown_grace_seconds = 10");
+    format!("{base}\n{extra}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,23 +183,10 @@ fn padded_body(id: &str, size: usize) -> Vec<u8> {
 
 /// The configuration of `tests/common` with `server.max_body_bytes` set (`#replace` form).
 fn config_with_body_limit(limit: usize) -> String {
+    let lines = format!("max_body_bytes = {limit}");
     format!(
-        r#"#replace
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = {limit}
-
-[storage]
-path = "{{db}}"
-synchronous = "normal"
-
-[[auth.basic]]
-username = "{USER}"
-password = "{PASSWORD}"
-
-[api]
-token = "{API_TOKEN}"
-"#
+        "#replace{}",
+        common::config_text("127.0.0.1:0", Path::new("{db}"), &lines)
     )
 }
 
@@ -1481,4 +1468,108 @@ async fn a_client_that_stalls_in_its_body_is_answered_408_and_nothing_is_stored(
     let answer = raw_http(app.address, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer}");
     assert_nothing_stored(&app).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Back-pressure
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_queue_answers_503_with_retry_after_and_stores_nothing_of_those() {
+    let config = config_with_body_limit(1024 * 1024)
+        .replace("[storage]", "[storage]\nqueue_capacity = 2\nmax_batch = 1");
+    let app = common::spawn_app_with(&config).await;
+    // A first delivery proves the database is open and migrated before the test takes a lock.
+    let warm_up = customer_event("customer-created", "cus_queue_warm", 1, json!({}));
+    assert_eq!(app.deliver_ok(warm_up).await.1, "applied");
+    // Another connection holds the write lock, so the writer stalls on its next delivery.
+    let db = app.db_path.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+
+    let first = {
+        let client = app.client.clone();
+        let url = app.url("/webhooks/rebilly");
+        let body = customer_event("customer-created", "cus_queue_0", 1, json!({}));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .basic_auth(USER, Some(PASSWORD))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // Let the writer take the first delivery and stall on the lock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut pending = Vec::new();
+    for n in 1..=5 {
+        let client = app.client.clone();
+        let url = app.url("/webhooks/rebilly");
+        let body = customer_event("customer-created", &format!("cus_queue_{n}"), 1, json!({}));
+        pending.push(tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .basic_auth(USER, Some(PASSWORD))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), retry_after)
+        }));
+    }
+    // Two fit in the queue; the other three are refused at once, while the lock is still held.
+    let mut refused = 0;
+    let mut queued = Vec::new();
+    for task in pending {
+        if task.is_finished() {
+            let (status, retry_after) = task.await.unwrap();
+            assert_eq!(status, 503);
+            assert_eq!(retry_after.as_deref(), Some("1"));
+            refused += 1;
+        } else {
+            queued.push(task);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while refused < 3 && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for task in queued {
+            if task.is_finished() {
+                let (status, retry_after) = task.await.unwrap();
+                assert_eq!((status, retry_after.as_deref()), (503, Some("1")));
+                refused += 1;
+            } else {
+                still.push(task);
+            }
+        }
+        queued = still;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused, 3, "three deliveries beyond the queue are refused");
+
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(first.await.unwrap(), 200);
+    for task in queued {
+        assert_eq!(task.await.unwrap().0, 200);
+    }
+    let (_, total) = events(&app, "").await;
+    assert_eq!(total, 4, "only the accepted deliveries are stored");
 }

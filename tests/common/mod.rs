@@ -15,10 +15,16 @@ pub const API_TOKEN: &str = "test-api-token-0123456789";
 /// The configuration every test starts from; `extra` is appended (later keys win per table,
 /// so pass whole tables such as `[auth.header]` or `[[handlers]]`).
 pub fn base_config(db: &Path) -> String {
+    config_text("127.0.0.1:0", db, "")
+}
+
+/// The test configuration listening on `listen`, with `server_lines` added to `[server]`.
+pub fn config_text(listen: &str, db: &Path, server_lines: &str) -> String {
     format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
+{server_lines}
 
 [storage]
 path = "{db}"
@@ -174,6 +180,27 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// The value of a Prometheus sample `name{labels}` (given labels must match), 0 if absent.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 pub fn fixtures_dir() -> PathBuf {
