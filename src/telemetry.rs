@@ -15,6 +15,7 @@ pub const REQUEST_SECONDS: &str = "rebilly_webhookd_request_duration_seconds";
 pub const BATCH_SIZE: &str = "rebilly_webhookd_writer_batch_size";
 pub const COMMIT_SECONDS: &str = "rebilly_webhookd_writer_commit_seconds";
 pub const EVENT_LOG_SIZE: &str = "rebilly_webhookd_event_log_events";
+pub const QUEUE_DEPTH: &str = "rebilly_webhookd_writer_queue_depth";
 pub const HANDLER_ATTEMPTS: &str = "rebilly_webhookd_handler_attempts_total";
 pub const HANDLER_BEHIND: &str = "rebilly_webhookd_handler_events_behind";
 pub const HANDLER_PENDING: &str = "rebilly_webhookd_handler_retries_pending";
@@ -107,6 +108,10 @@ pub fn record_batch(size: usize, commit: Duration) {
 
 pub fn record_log_size(last_event_id: i64) {
     gauge!(EVENT_LOG_SIZE).set(last_event_id as f64);
+}
+
+pub fn record_queue_depth(depth: usize) {
+    gauge!(QUEUE_DEPTH).set(depth as f64);
 }
 
 pub fn record_handler_result(handler: &str, result: &'static str) {

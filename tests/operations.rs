@@ -179,6 +179,14 @@ async fn metrics_count_every_delivery_outcome() {
         after.contains("# TYPE rebilly_webhookd_deliveries_total counter"),
         "{after}"
     );
+    assert!(
+        after.contains("# TYPE rebilly_webhookd_writer_queue_depth gauge"),
+        "the writer queue depth is exported:\n{after}"
+    );
+    assert!(
+        common::metric_value(&after, "rebilly_webhookd_event_log_events", &[]) >= 8.0,
+        "the event log size counts the deliveries:\n{after}"
+    );
     for histogram in [
         "rebilly_webhookd_request_duration_seconds",
         "rebilly_webhookd_writer_batch_size",

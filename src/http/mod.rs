@@ -88,6 +88,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    crate::telemetry::record_queue_depth(state.store.queue_depth());
     let text = state.metrics.render();
     (
         [(
