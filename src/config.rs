@@ -272,9 +272,9 @@ impl Settings {
         }
         self.validate_auth()?;
         if let Some(token) = &self.api.token
-            && token.expose().len() < 16
+            && token.expose().trim().is_empty()
         {
-            return Err(invalid("api.token", "must be at least 16 characters"));
+            return Err(invalid("api.token", "must not be empty"));
         }
         self.validate_handlers()
     }

@@ -31,6 +31,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+const RECOMMENDED_TOKEN_LEN: usize = 16;
+
 /// Binds the configured address; port 0 picks a free port.
 pub async fn bind(settings: &Settings) -> Result<TcpListener, ServeError> {
     let address = settings.server.listen;
@@ -51,6 +53,16 @@ pub async fn run(
         tracing::warn!(
             "UNAUTHENTICATED MODE: auth.allow_unauthenticated is set and no webhook credential is \
              configured; anyone who can reach this port can write events"
+        );
+    }
+    if settings
+        .api
+        .token
+        .as_ref()
+        .is_some_and(|t| t.expose().len() < RECOMMENDED_TOKEN_LEN)
+    {
+        tracing::warn!(
+            "api.token is shorter than {RECOMMENDED_TOKEN_LEN} characters; use a long random token"
         );
     }
     let store = Store::open(&settings.storage)?;
