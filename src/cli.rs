@@ -5,7 +5,7 @@ use crate::admin;
 use crate::auth::AuthenticatedBody;
 use crate::config::Settings;
 use crate::ingest::{Pipeline, Receipt};
-use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
+use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_query};
 use crate::storage::{Status, Store};
 use crate::{retention, send, server, telemetry};
 use clap::{Args, Parser, Subcommand};
@@ -89,8 +89,9 @@ struct CustomerListArgs {
     /// Partial text over names and emails.
     #[arg(long)]
     q: Option<String>,
-    /// `field:value1,value2;field2:value`.
-    #[arg(long)]
+    /// Rebilly's filter grammar: `field:v1,v2;field2:!v`, ranges `a..b`, `a..`, `..b`
+    /// (see the README).
+    #[arg(long, allow_hyphen_values = true)]
     filter: Option<String>,
     /// Field name, `-` prefix for descending.
     #[arg(long, allow_hyphen_values = true)]
@@ -110,6 +111,10 @@ enum EventsCommand {
         status: Option<String>,
         #[arg(long = "event-type")]
         event_type: Option<String>,
+        /// Rebilly's filter grammar over id, customerId, eventType, status, revision and
+        /// receivedTime, e.g. `status:!duplicate;receivedTime:2026-01-01T00:00:00Z..`.
+        #[arg(long, allow_hyphen_values = true)]
+        filter: Option<String>,
         #[arg(long)]
         limit: Option<String>,
         #[arg(long)]
@@ -303,17 +308,19 @@ async fn events_with(
             customer,
             status,
             event_type,
+            filter,
             limit,
             offset,
         } => {
-            let filter = parse_event_filter(&EventListOptions {
+            let query = parse_event_query(&EventListOptions {
                 customer_id: customer,
                 status,
                 event_type,
+                filter,
                 limit,
                 offset,
             })?;
-            let (events, _total) = store.events(filter).await?;
+            let (events, _total) = store.events(query).await?;
             print_json(&events);
             Ok(ExitCode::SUCCESS)
         }

@@ -4,11 +4,11 @@
 //! or a [`ParseError`] that names the offending field, and keeps every field it does not know
 //! (the whole JSON object travels with the event) because Rebilly adds fields over time.
 
+use crate::timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 pub const CUSTOMER_CREATED: &str = "customer-created";
 pub const CUSTOMER_UPDATED: &str = "customer-updated";
@@ -102,7 +102,10 @@ impl ExperianOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Customer {
     pub id: CustomerId,
+    /// `None` when absent or `null`.
     pub revision: Option<Revision>,
+    /// `updatedTime` in RFC 3339 or one of Rebilly's older forms ([`crate::timestamp`]);
+    /// `None` when absent, `null` or unreadable, which the ordering rules treat alike.
     pub updated_time: Option<OffsetDateTime>,
     /// The whole resource as Rebilly sent it, unknown fields included.
     pub resource: Map<String, Value>,
@@ -420,21 +423,12 @@ fn customer(
             ParseError::unusable(format!("{path}.revision"), "must be an integer")
         })?),
     };
-    let updated_time = match resource.get("updatedTime") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-            ParseError::unusable(
-                format!("{path}.updatedTime"),
-                "must be an RFC 3339 date-time",
-            )
-        })?),
-        Some(_) => {
-            return Err(ParseError::unusable(
-                format!("{path}.updatedTime"),
-                "must be an RFC 3339 date-time",
-            ));
-        }
-    };
+    // Only ordering uses it: an older form is read, and anything unreadable counts as absent
+    // (the resource keeps the value as sent).
+    let updated_time = resource
+        .get("updatedTime")
+        .and_then(Value::as_str)
+        .and_then(timestamp::parse);
     Ok(Customer {
         id,
         revision,
@@ -528,6 +522,59 @@ mod tests {
             ),
             "outcome"
         );
+    }
+
+    fn updated(updated_time: Value) -> Customer {
+        let event = parse(&body(json!({
+            "eventType": "customer-updated",
+            "customerId": "0b2e5b2c-6a50-4b9a-9d8e-1f1b8f0c3a11",
+            "_embedded": {"customer": {
+                "id": "0b2e5b2c-6a50-4b9a-9d8e-1f1b8f0c3a11",
+                "revision": null,
+                "updatedTime": updated_time,
+                "createdTime": null
+            }}
+        })))
+        .unwrap_or_else(|e| panic!("{updated_time}: {e}"));
+        let Event::CustomerUpdated(changed) = event else {
+            panic!("wrong variant")
+        };
+        changed.customer
+    }
+
+    #[test]
+    fn older_updated_times_are_read_as_utc_instants() {
+        let instant = OffsetDateTime::from_unix_timestamp(1_495_825_191).unwrap();
+        for text in [
+            "2017-05-26 18:59:51",
+            "2017-05-26 18:59:51+00:00",
+            "2017-05-26 20:59:51.000+02:00",
+            "2017-05-26T18:59:51Z",
+        ] {
+            let customer = updated(json!(text));
+            assert_eq!(customer.updated_time, Some(instant), "{text}");
+            assert_eq!(
+                customer.resource["updatedTime"],
+                json!(text),
+                "kept as sent"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_or_null_times_and_revisions_count_as_absent() {
+        for value in [
+            json!(null),
+            json!("soon"),
+            json!(""),
+            json!(1_495_825_191),
+            json!({}),
+        ] {
+            let customer = updated(value.clone());
+            assert_eq!(customer.updated_time, None, "{value}");
+            assert_eq!(customer.revision, None);
+            assert_eq!(customer.resource["updatedTime"], value, "kept as sent");
+        }
     }
 
     #[test]

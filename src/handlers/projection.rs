@@ -9,6 +9,7 @@
 
 use crate::clock::utc_rfc3339;
 use crate::event::{Customer, CustomerMerged, Event, ExperianCheck};
+use crate::timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
@@ -132,9 +133,7 @@ fn stored(conn: &Connection, id: &str) -> rusqlite::Result<Option<Stored>> {
 }
 
 fn updated_ms(customer: &Customer) -> Option<i64> {
-    customer
-        .updated_time
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    customer.updated_time.map(timestamp::unix_ms)
 }
 
 /// Rule 2: does `incoming`, arriving as event `event_id`, take precedence over `current`?
@@ -201,15 +200,16 @@ fn write_snapshot(
     conn.prepare_cached(
         "INSERT INTO customers (id, revision, updated_ms, event_id, snapshot, email, first_name,
                                 last_name, company, country, city, website_id, created_time,
-                                updated_time, search)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                updated_time, search, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (id) DO UPDATE SET
              revision = excluded.revision, updated_ms = excluded.updated_ms,
              event_id = excluded.event_id, snapshot = excluded.snapshot, email = excluded.email,
              first_name = excluded.first_name, last_name = excluded.last_name,
              company = excluded.company, country = excluded.country, city = excluded.city,
              website_id = excluded.website_id, created_time = excluded.created_time,
-             updated_time = excluded.updated_time, search = excluded.search",
+             updated_time = excluded.updated_time, search = excluded.search,
+             created_ms = excluded.created_ms",
     )?
     .execute(params![
         customer.id.as_str(),
@@ -227,6 +227,7 @@ fn write_snapshot(
         fields.created_time,
         customer.updated_time.map(utc_rfc3339),
         fields.search,
+        fields.created_ms,
     ])?;
     Ok(())
 }
@@ -300,7 +301,10 @@ struct QueryFields {
     country: Option<String>,
     city: Option<String>,
     website_id: Option<String>,
+    /// UTC RFC 3339 when readable, else the value as sent.
     created_time: Option<String>,
+    /// The instant lists filter and sort on; absent when unreadable.
+    created_ms: Option<i64>,
     search: String,
 }
 
@@ -331,11 +335,12 @@ impl QueryFields {
             .chain(emails.iter())
             .map(|s| s.to_lowercase())
             .collect::<Vec<_>>();
-        let created_time = text(resource, "createdTime").map(|raw| {
-            time::OffsetDateTime::parse(&raw, &time::format_description::well_known::Rfc3339)
-                .map(utc_rfc3339)
-                .unwrap_or(raw)
-        });
+        let created_raw = text(resource, "createdTime");
+        let created = created_raw.as_deref().and_then(timestamp::parse);
+        let created_time = match created {
+            Some(instant) => Some(utc_rfc3339(instant)),
+            None => created_raw,
+        };
         Self {
             email,
             first_name,
@@ -345,6 +350,7 @@ impl QueryFields {
             city: address.and_then(|a| text(a, "city")),
             website_id: text(resource, "websiteId"),
             created_time,
+            created_ms: created.map(timestamp::unix_ms),
             search: search_parts.join(" "),
         }
     }
@@ -419,6 +425,19 @@ mod tests {
         assert_eq!(fields.first_name.as_deref(), Some("Ada"));
         assert_eq!(fields.country.as_deref(), Some("GB"));
         assert_eq!(fields.created_time.as_deref(), Some("2026-03-01T09:00:00Z"));
+        assert_eq!(fields.created_ms, Some(1_772_355_600_000));
         assert!(fields.search.contains("ada@example.com"));
+    }
+
+    #[test]
+    fn older_created_times_are_instants_and_unreadable_ones_are_kept_as_sent() {
+        let older = json!({"createdTime": "2017-05-26 18:59:51"});
+        let fields = QueryFields::of(older.as_object().unwrap());
+        assert_eq!(fields.created_ms, Some(1_495_825_191_000));
+        assert_eq!(fields.created_time.as_deref(), Some("2017-05-26T18:59:51Z"));
+        let unreadable = json!({"createdTime": "last spring"});
+        let fields = QueryFields::of(unreadable.as_object().unwrap());
+        assert_eq!(fields.created_ms, None);
+        assert_eq!(fields.created_time.as_deref(), Some("last spring"));
     }
 }

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::problem::Problem;
 use crate::admin;
-use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
+use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_query};
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -118,18 +118,26 @@ pub async fn list_events(
 ) -> Result<Response, Problem> {
     reject_unknown(
         &params,
-        &["customerId", "status", "eventType", "limit", "offset"],
+        &[
+            "customerId",
+            "status",
+            "eventType",
+            "filter",
+            "limit",
+            "offset",
+        ],
     )?;
     let options = EventListOptions {
         customer_id: params.remove("customerId"),
         status: params.remove("status"),
         event_type: params.remove("eventType"),
+        filter: params.remove("filter"),
         limit: params.remove("limit"),
         offset: params.remove("offset"),
     };
-    let filter = parse_event_filter(&options).map_err(|e| Problem::bad_query(&e))?;
-    let (limit, offset) = (filter.limit, filter.offset);
-    let (events, total) = state.store.events(filter).await?;
+    let query = parse_event_query(&options).map_err(|e| Problem::bad_query(&e))?;
+    let (limit, offset) = (query.limit, query.offset);
+    let (events, total) = state.store.events(query).await?;
     let mut response = Json(events).into_response();
     pagination_headers(response.headers_mut(), total, limit, offset);
     Ok(response)

@@ -2,8 +2,9 @@
 //! paging, each served as the snapshot plus `mergedInto` and `experianCheck`.
 
 use super::StorageError;
-use crate::query::{CustomerField, CustomerQuery, FilterValue};
-use rusqlite::{Connection, OptionalExtension, ToSql};
+use super::filter_sql::{self, Column, Sql};
+use crate::query::{CustomerField, CustomerQuery};
+use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 /// A page of customers and the total count matching the query.
@@ -15,63 +16,64 @@ pub struct CustomerPage {
     pub offset: u32,
 }
 
-/// The projection column behind each list field.
-fn column(field: CustomerField) -> &'static str {
-    match field {
+/// Where each list field is read: a projection column (date-times as Unix milliseconds, so
+/// that they compare as instants), or a scalar inside the snapshot for fields without one.
+fn column(field: &CustomerField) -> Column {
+    let named = match field {
         CustomerField::Id => "id",
         CustomerField::Email => "email",
         CustomerField::FirstName => "first_name",
         CustomerField::LastName => "last_name",
-        CustomerField::Company => "company",
+        CustomerField::Organization => "company",
         CustomerField::Country => "country",
         CustomerField::City => "city",
         CustomerField::WebsiteId => "website_id",
-        CustomerField::CreatedTime => "created_time",
-        CustomerField::UpdatedTime => "updated_time",
+        CustomerField::CreatedTime => "created_ms",
+        CustomerField::UpdatedTime => "updated_ms",
         CustomerField::Revision => "revision",
-    }
-}
-
-impl ToSql for FilterValue {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        match self {
-            Self::Text(text) => text.to_sql(),
-            Self::Integer(value) => value.to_sql(),
+        CustomerField::PostalCode => {
+            return Column::SnapshotScalar("$.primaryAddress.postalCode".to_owned());
         }
-    }
+        CustomerField::Region => {
+            return Column::SnapshotScalar("$.primaryAddress.region".to_owned());
+        }
+        // The name was checked to be letters, digits, `_` and `-`; it is bound, not spliced.
+        CustomerField::Custom(name) => {
+            return Column::SnapshotScalar(format!("$.customFields.\"{}\"", name.as_str()));
+        }
+    };
+    Column::Named(named)
 }
 
 /// The `WHERE` clause and its values. Merged-away customers, and ids known only from an
-/// Experian check without a snapshot, are not listed.
-fn condition(query: &CustomerQuery) -> (String, Vec<Box<dyn ToSql>>) {
-    let mut clauses = vec![
-        "merged_into IS NULL".to_owned(),
-        "snapshot IS NOT NULL".to_owned(),
-    ];
-    let mut values: Vec<Box<dyn ToSql>> = Vec::new();
-    for (field, choices) in &query.filters {
-        let marks = vec!["?"; choices.len()].join(", ");
-        clauses.push(format!("{} IN ({marks})", column(*field)));
-        values.extend(
-            choices
-                .iter()
-                .map(|v| Box::new(v.clone()) as Box<dyn ToSql>),
-        );
-    }
+/// Experian check without a snapshot, are not listed; the list indexes carry that condition.
+fn condition(query: &CustomerQuery) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = Sql {
+        text: "merged_into IS NULL AND snapshot IS NOT NULL".to_owned(),
+        params: Vec::new(),
+    };
+    filter_sql::and_filter(&mut sql, &query.filter, column);
     if let Some(search) = &query.search {
-        clauses.push("search LIKE ? ESCAPE '\\'".to_owned());
-        values.push(Box::new(format!("%{}%", escape_like(search))));
+        sql.text.push_str(" AND search LIKE ? ESCAPE '\\'");
+        sql.params.push(rusqlite::types::Value::Text(format!(
+            "%{}%",
+            escape_like(search)
+        )));
     }
-    (clauses.join(" AND "), values)
+    (sql.text, sql.params)
 }
 
 fn order(query: &CustomerQuery) -> String {
     let mut terms: Vec<String> = query
         .sort
         .iter()
-        .map(|(field, descending)| {
+        .filter_map(|(field, descending)| {
+            // The query refuses to sort on fields without a column of their own.
+            let Column::Named(name) = column(field) else {
+                return None;
+            };
             let direction = if *descending { "DESC" } else { "ASC" };
-            format!("{} {direction}", column(*field))
+            Some(format!("{name} {direction}"))
         })
         .collect();
     // Ties are broken by id, so that paging walks every customer exactly once.
@@ -160,20 +162,18 @@ pub fn customer(conn: &Connection, id: &str) -> Result<Option<Value>, StorageErr
 
 pub fn list(conn: &Connection, query: &CustomerQuery) -> Result<CustomerPage, StorageError> {
     let (condition, mut values) = condition(query);
-    let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
     let total: u64 = conn
         .prepare_cached(&format!("SELECT COUNT(*) FROM customers WHERE {condition}"))?
-        .query_row(params.as_slice(), |r| r.get(0))?;
-    values.push(Box::new(i64::from(query.limit)));
-    values.push(Box::new(i64::from(query.offset)));
-    let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
+        .query_row(rusqlite::params_from_iter(&values), |r| r.get(0))?;
+    values.push(i64::from(query.limit).into());
+    values.push(i64::from(query.offset).into());
     let sql = format!(
         "SELECT {VIEW_COLUMNS} FROM customers WHERE {condition} ORDER BY {} LIMIT ? OFFSET ?",
         order(query)
     );
     let customers = conn
         .prepare_cached(&sql)?
-        .query_map(params.as_slice(), view_from_row)?
+        .query_map(rusqlite::params_from_iter(&values), view_from_row)?
         .map(|view| view.map(|v| keep_fields(v, query.fields.as_deref())))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(CustomerPage {
@@ -196,7 +196,7 @@ mod tests {
             ..ListOptions::default()
         })
         .unwrap();
-        assert_eq!(order(&query), "created_time DESC, last_name ASC, id ASC");
+        assert_eq!(order(&query), "created_ms DESC, last_name ASC, id ASC");
     }
 
     #[test]

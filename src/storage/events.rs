@@ -1,7 +1,9 @@
 //! The event log's SQL: inserting rows, claiming dedupe keys, listing and inspecting events.
 
+use super::filter_sql::{self, Column, Sql};
 use super::{Status, StorageError};
 use crate::clock::rfc3339_ms;
+use crate::query::{EventField, EventQuery};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
@@ -102,54 +104,43 @@ fn record(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
     })
 }
 
-/// Filters of `GET /events` and `events list`.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub customer_id: Option<String>,
-    pub status: Option<Status>,
-    pub event_type: Option<String>,
-    pub limit: u32,
-    pub offset: u32,
+/// The event log column behind each filter field.
+fn column(field: &EventField) -> Column {
+    Column::Named(match field {
+        EventField::Id => "id",
+        EventField::CustomerId => "customer_id",
+        EventField::EventType => "event_type",
+        EventField::Status => "status",
+        EventField::Revision => "revision",
+        EventField::ReceivedTime => "received_ms",
+    })
 }
 
 /// Lists events newest first; returns the page and the total matching count.
 pub fn list(
     conn: &Connection,
-    filter: &EventFilter,
+    query: &EventQuery,
 ) -> Result<(Vec<EventRecord>, u64), StorageError> {
-    let mut clauses = Vec::new();
-    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
-    let status = filter.status.map(Status::as_str);
-    if let Some(customer) = &filter.customer_id {
-        clauses.push("customer_id = ?");
-        values.push(customer);
-    }
-    if let Some(status) = &status {
-        clauses.push("status = ?");
-        values.push(status);
-    }
-    if let Some(event_type) = &filter.event_type {
-        clauses.push("event_type = ?");
-        values.push(event_type);
-    }
-    let condition = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
+    let mut condition = Sql {
+        text: "1".to_owned(),
+        params: Vec::new(),
     };
+    filter_sql::and_filter(&mut condition, &query.filter, column);
+    let Sql {
+        text: condition,
+        params: mut values,
+    } = condition;
     let total: u64 = conn
-        .prepare_cached(&format!("SELECT COUNT(*) FROM events {condition}"))?
-        .query_row(values.as_slice(), |r| r.get(0))?;
-    let limit = i64::from(filter.limit);
-    let offset = i64::from(filter.offset);
-    values.push(&limit);
-    values.push(&offset);
+        .prepare_cached(&format!("SELECT COUNT(*) FROM events WHERE {condition}"))?
+        .query_row(rusqlite::params_from_iter(&values), |r| r.get(0))?;
+    values.push(i64::from(query.limit).into());
+    values.push(i64::from(query.offset).into());
     let sql = format!(
-        "SELECT {RECORD_COLUMNS} FROM events {condition} ORDER BY id DESC LIMIT ? OFFSET ?"
+        "SELECT {RECORD_COLUMNS} FROM events WHERE {condition} ORDER BY id DESC LIMIT ? OFFSET ?"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement
-        .query_map(values.as_slice(), record)?
+        .query_map(rusqlite::params_from_iter(&values), record)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((rows, total))
 }

@@ -10,20 +10,23 @@
 mod connection;
 mod customers;
 mod events;
+mod filter_sql;
 pub mod handler_state;
 mod migrations;
 mod readers;
 mod writer;
 
+/// Re-exported where the log and the writer have always named it.
+pub use crate::outcome::Status;
 pub use customers::CustomerPage;
-pub use events::{EventDetail, EventFilter, EventRecord, HandlerAttempt};
+pub use events::{EventDetail, EventRecord, HandlerAttempt};
 pub use migrations::MIGRATIONS;
 
 use crate::clock::now_ms;
 use crate::config::StorageSettings;
 use crate::event::{Event, ParseError};
 use crate::handlers::DispatchedEvent;
-use crate::query::CustomerQuery;
+use crate::query::{CustomerQuery, EventQuery};
 use axum::body::Bytes;
 use handler_state::{HandlerStats, Outcome, Work};
 use readers::Readers;
@@ -31,41 +34,6 @@ use rusqlite::Connection;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use writer::{Command, Delivery, Job};
-
-/// What became of one delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Applied,
-    Stale,
-    Duplicate,
-    Ignored,
-    Rejected,
-}
-
-impl Status {
-    pub const ALL: [Status; 5] = [
-        Self::Applied,
-        Self::Stale,
-        Self::Duplicate,
-        Self::Ignored,
-        Self::Rejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Stale => "stale",
-            Self::Duplicate => "duplicate",
-            Self::Ignored => "ignored",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-}
 
 /// The answer for one committed delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,11 +210,8 @@ impl Store {
     }
 
     /// A page of the event log, newest first, and the total matching the filter.
-    pub async fn events(
-        &self,
-        filter: EventFilter,
-    ) -> Result<(Vec<EventRecord>, u64), StorageError> {
-        self.read(move |conn| events::list(conn, &filter)).await
+    pub async fn events(&self, query: EventQuery) -> Result<(Vec<EventRecord>, u64), StorageError> {
+        self.read(move |conn| events::list(conn, &query)).await
     }
 
     /// One event with its raw body and handler state.

@@ -1,11 +1,16 @@
 //! Queries over the projection and the event log, with Rebilly's list conventions:
-//! `limit` (0..1000, default 100), `offset`, `sort` (`-` for descending), `filter`
-//! (`field:v1,v2;field2:v`), `q` (partial search over names and emails) and `fields`.
+//! `limit` (0..1000, default 100), `offset`, `sort` (`-` for descending), `filter` (Rebilly's
+//! grammar, [`filter`]), `q` (partial search over names and emails) and `fields`.
 //!
 //! HTTP and the command line both parse their options into the types here; storage runs them.
-//! Nothing here knows SQL: fields are a closed enum that storage maps to its columns.
+//! Nothing here knows SQL or storage: fields are closed enums ([`fields`]) that storage maps to
+//! its columns, and the parsed filter is an expression storage translates.
 
-use crate::storage::{EventFilter, Status};
+pub mod fields;
+pub mod filter;
+
+pub use fields::{CustomFieldName, CustomerField, EventField};
+pub use filter::{Clause, Field, Filter, Matcher, Scalar, Term, ValueKind};
 
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
@@ -36,75 +41,6 @@ pub struct ListOptions {
     pub fields: Option<String>,
 }
 
-/// Fields of a customer that lists can filter and sort on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CustomerField {
-    Id,
-    Email,
-    FirstName,
-    LastName,
-    Company,
-    Country,
-    City,
-    WebsiteId,
-    CreatedTime,
-    UpdatedTime,
-    Revision,
-}
-
-impl CustomerField {
-    pub const ALL: [CustomerField; 11] = [
-        Self::Id,
-        Self::Email,
-        Self::FirstName,
-        Self::LastName,
-        Self::Company,
-        Self::Country,
-        Self::City,
-        Self::WebsiteId,
-        Self::CreatedTime,
-        Self::UpdatedTime,
-        Self::Revision,
-    ];
-
-    /// The name used in `filter` and `sort`, as in Rebilly's API.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Id => "id",
-            Self::Email => "email",
-            Self::FirstName => "firstName",
-            Self::LastName => "lastName",
-            Self::Company => "company",
-            Self::Country => "country",
-            Self::City => "city",
-            Self::WebsiteId => "websiteId",
-            Self::CreatedTime => "createdTime",
-            Self::UpdatedTime => "updatedTime",
-            Self::Revision => "revision",
-        }
-    }
-
-    fn parse(name: &str, parameter: &str) -> Result<Self, QueryError> {
-        Self::ALL
-            .into_iter()
-            .find(|field| field.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
-                query_error(
-                    parameter,
-                    format!("unknown field `{name}`; known fields: {}", known.join(", ")),
-                )
-            })
-    }
-}
-
-/// A value a filter compares a field with.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FilterValue {
-    Text(String),
-    Integer(i64),
-}
-
 /// A parsed customer list query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomerQuery {
@@ -112,8 +48,8 @@ pub struct CustomerQuery {
     pub offset: u32,
     /// Sort keys, `true` for descending; storage breaks ties by id.
     pub sort: Vec<(CustomerField, bool)>,
-    /// Every filter must match; a filter matches any of its values.
-    pub filters: Vec<(CustomerField, Vec<FilterValue>)>,
+    /// The parsed `filter`; empty matches every customer.
+    pub filter: Filter<CustomerField>,
     /// Lowercased partial text to find in names and emails.
     pub search: Option<String>,
     /// Top-level fields to return; all when `None`.
@@ -145,54 +81,27 @@ fn parse_sort(raw: &str) -> Result<Vec<(CustomerField, bool)>, QueryError> {
         .map(str::trim)
         .filter(|part| !part.is_empty())
         .map(|part| {
-            let (descending, field) = match part.strip_prefix('-') {
-                Some(field) => (true, field),
+            let (descending, name) = match part.strip_prefix('-') {
+                Some(name) => (true, name),
                 None => (false, part.strip_prefix('+').unwrap_or(part)),
             };
-            Ok((CustomerField::parse(field, "sort")?, descending))
-        })
-        .collect()
-}
-
-fn parse_filter(raw: &str) -> Result<Vec<(CustomerField, Vec<FilterValue>)>, QueryError> {
-    raw.split(';')
-        .filter(|clause| !clause.trim().is_empty())
-        .map(|clause| {
-            let (field, values) = clause.split_once(':').ok_or_else(|| {
-                query_error(
-                    "filter",
-                    format!("`{clause}` is not `field:value[,value...]`"),
-                )
-            })?;
-            let field = CustomerField::parse(field.trim(), "filter")?;
-            let values = values
-                .split(',')
-                .map(|v| filter_value(field, v.trim()))
-                .collect::<Result<Vec<_>, _>>()?;
-            if values
-                .iter()
-                .any(|v| *v == FilterValue::Text(String::new()))
-            {
+            let field = CustomerField::lookup(name).map_err(|e| query_error("sort", e))?;
+            if !field.sortable() {
                 return Err(query_error(
-                    "filter",
-                    format!("`{}` has an empty value", field.name()),
+                    "sort",
+                    format!(
+                        "cannot sort by `{name}`; sortable fields: {}",
+                        CustomerField::sortable_names().join(", ")
+                    ),
                 ));
             }
-            Ok((field, values))
+            Ok((field, descending))
         })
         .collect()
 }
 
-fn filter_value(field: CustomerField, value: &str) -> Result<FilterValue, QueryError> {
-    if field == CustomerField::Revision {
-        return value.parse().map(FilterValue::Integer).map_err(|_| {
-            query_error(
-                "filter",
-                format!("`{}` values must be integers", field.name()),
-            )
-        });
-    }
-    Ok(FilterValue::Text(value.to_owned()))
+fn parse_filter<F: Field>(raw: &str) -> Result<Filter<F>, QueryError> {
+    filter::parse(raw).map_err(|reason| query_error("filter", reason))
 }
 
 fn parse_fields(raw: &str) -> Result<Vec<String>, QueryError> {
@@ -229,7 +138,7 @@ impl CustomerQuery {
                 .map(parse_sort)
                 .transpose()?
                 .unwrap_or_default(),
-            filters: options
+            filter: options
                 .filter
                 .as_deref()
                 .map(parse_filter)
@@ -247,27 +156,53 @@ pub struct EventListOptions {
     pub customer_id: Option<String>,
     pub status: Option<String>,
     pub event_type: Option<String>,
+    /// Rebilly's filter grammar over [`EventField`]s.
+    pub filter: Option<String>,
     pub limit: Option<String>,
     pub offset: Option<String>,
 }
 
-pub fn parse_event_filter(options: &EventListOptions) -> Result<EventFilter, QueryError> {
-    let status = options
-        .status
+/// A parsed event list query: newest first, every clause must match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventQuery {
+    pub filter: Filter<EventField>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// `customerId=`, `status=` and `eventType=` are shorthands for one-value clauses of `filter`.
+pub fn parse_event_query(options: &EventListOptions) -> Result<EventQuery, QueryError> {
+    let mut filter: Filter<EventField> = options
+        .filter
         .as_deref()
-        .map(|s| {
-            Status::parse(s).ok_or_else(|| {
-                query_error(
-                    "status",
-                    "must be one of applied, stale, duplicate, ignored, rejected",
-                )
-            })
-        })
-        .transpose()?;
-    Ok(EventFilter {
-        customer_id: options.customer_id.clone(),
-        status,
-        event_type: options.event_type.clone(),
+        .map(parse_filter)
+        .transpose()?
+        .unwrap_or_default();
+    let shorthands = [
+        (EventField::CustomerId, "customerId", &options.customer_id),
+        (EventField::Status, "status", &options.status),
+        (EventField::EventType, "eventType", &options.event_type),
+    ];
+    for (field, parameter, value) in shorthands {
+        let Some(value) = value else { continue };
+        if let ValueKind::Choice(words) = field.kind()
+            && !words.contains(&value.as_str())
+        {
+            return Err(query_error(
+                parameter,
+                format!("must be one of {}", words.join(", ")),
+            ));
+        }
+        filter.clauses.push(Clause {
+            field,
+            terms: vec![Term {
+                negated: false,
+                matcher: Matcher::Equals(Scalar::Text(value.clone())),
+            }],
+        });
+    }
+    Ok(EventQuery {
+        filter,
         limit: parse_limit(options.limit.as_deref())?,
         offset: parse_offset(options.offset.as_deref())?,
     })
@@ -286,13 +221,59 @@ mod tests {
     }
 
     #[test]
-    fn filters_and_sorts_parse_into_columns() {
-        let query =
-            CustomerQuery::parse(&options("country:FR,DE;revision:3", "-createdTime")).unwrap();
-        assert_eq!(query.sort, vec![(CustomerField::CreatedTime, true)]);
-        assert_eq!(query.filters.len(), 2);
-        assert_eq!(query.filters[0].0, CustomerField::Country);
-        assert_eq!(query.filters[1].1, vec![FilterValue::Integer(3)]);
+    fn filters_and_sorts_parse_into_fields() {
+        let query = CustomerQuery::parse(&options(
+            "country:FR,DE;revision:3",
+            "-createdTime,primaryAddress.lastName",
+        ))
+        .unwrap();
+        assert_eq!(
+            query.sort,
+            vec![
+                (CustomerField::CreatedTime, true),
+                (CustomerField::LastName, false)
+            ]
+        );
+        assert_eq!(query.filter.clauses.len(), 2);
+        assert_eq!(query.filter.clauses[0].field, CustomerField::Country);
+        assert_eq!(
+            query.filter.clauses[1].terms[0].matcher,
+            Matcher::Equals(Scalar::Integer(3))
+        );
+    }
+
+    #[test]
+    fn custom_fields_filter_but_do_not_sort() {
+        assert!(CustomerQuery::parse(&options("customFields.tier:gold", "id")).is_ok());
+        let error = CustomerQuery::parse(&options("", "customFields.tier")).unwrap_err();
+        assert_eq!(error.parameter, "sort");
+        assert!(error.reason.contains("cannot sort"));
+    }
+
+    #[test]
+    fn event_shorthands_become_filter_clauses() {
+        let query = parse_event_query(&EventListOptions {
+            status: Some("stale".into()),
+            filter: Some("revision:2..;receivedTime:2026-01-01T00:00:00Z..".into()),
+            ..EventListOptions::default()
+        })
+        .unwrap();
+        assert_eq!(
+            query.filter.to_string(),
+            "revision:2..;receivedTime:2026-01-01T00:00:00Z..;status:stale"
+        );
+        let error = parse_event_query(&EventListOptions {
+            status: Some("lost".into()),
+            ..EventListOptions::default()
+        })
+        .unwrap_err();
+        assert_eq!(error.parameter, "status");
+        let error = parse_event_query(&EventListOptions {
+            filter: Some("status:lost".into()),
+            ..EventListOptions::default()
+        })
+        .unwrap_err();
+        assert!(error.reason.contains("lost"));
     }
 
     #[test]
@@ -306,6 +287,9 @@ mod tests {
         assert_eq!(error.parameter, "sort");
         let error = CustomerQuery::parse(&options("revision:x", "id")).unwrap_err();
         assert!(error.reason.contains("integers"));
+        let error = CustomerQuery::parse(&options("createdTime:soon..", "id")).unwrap_err();
+        assert_eq!(error.parameter, "filter");
+        assert!(error.reason.contains("createdTime"));
     }
 
     #[test]
