@@ -12,6 +12,7 @@ mod filters;
 mod handlers;
 mod ingest;
 mod limits;
+mod older_records;
 mod operations;
 mod projection;
 mod properties;
