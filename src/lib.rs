@@ -3,8 +3,10 @@
 //! The data path reads top to bottom: [`http`] receives a delivery, [`auth`] checks the raw
 //! request, [`event`] parses the body into the typed model, [`ingest`] hands it to [`storage`]
 //! whose writer commits the event and the [`handlers::projection`] in one transaction, then
-//! [`dispatch`] feeds the asynchronous handlers from the log. [`query`] reads the projection;
-//! [`cli`] is the command line over the same calls.
+//! [`dispatch`] feeds the asynchronous handlers from the log. [`query`] parses list queries and
+//! Rebilly's filter grammar, which storage runs against the projection; [`cli`] is the command
+//! line over the same calls. [`timestamp`] reads date-times in every form Rebilly has written,
+//! and [`outcome`] names what became of a delivery.
 
 pub mod admin;
 pub mod auth;
