@@ -10,6 +10,7 @@
 #   BENCH_LIST_CONNECTIONS wrk connections per query [2]
 #   BENCH_OUT              where raw outputs and the summary are kept [bench/out]
 #   BENCH_KEEP             1 keeps the temporary folder (database) [0]
+#   BENCH_DB               a database to use instead of a new one; seeding tops it up [none]
 # Everything listens on 127.0.0.1 only.
 set -euo pipefail
 
@@ -65,7 +66,7 @@ command -v wrk >/dev/null 2>&1 || die "wrk is not installed (bash bench/run.sh i
 mkdir -p "$BENCH_OUT"
 OUT=$BENCH_OUT
 
-DB=$WORK/filters.db
+DB=${BENCH_DB:-$WORK/filters.db}
 TOKEN="bench-api-token-$RANDOM$RANDOM$RANDOM"
 ENVIRONMENT=(
   "REBILLY_WEBHOOKD__SERVER__LISTEN=127.0.0.1:0"
@@ -81,7 +82,9 @@ env "${ENVIRONMENT[@]}" "$SEED" seed --config "$EXAMPLE_CONFIG" --total "$EVENTS
 SEEDED=$(sed -n 's/.*seeded_customers=\([0-9]*\).*/\1/p' "$OUT/filters-seed.txt")
 
 log "starting the daemon"
-env "${ENVIRONMENT[@]}" RUST_LOG=info "$BIN" serve --config "$EXAMPLE_CONFIG" >"$OUT/filters-daemon.log" 2>&1 &
+# Emptied here, not by the daemon's redirection, which could run after the first read below.
+: >"$OUT/filters-daemon.log"
+env "${ENVIRONMENT[@]}" RUST_LOG=info "$BIN" serve --config "$EXAMPLE_CONFIG" >>"$OUT/filters-daemon.log" 2>&1 &
 DAEMON_PID=$!
 ADDRESS=
 for ((i = 0; i < 600; i++)); do

@@ -13,12 +13,12 @@ SET created_ms = CAST(round(unixepoch(created_time, 'subsec') * 1000) AS INTEGER
 WHERE created_time GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*';
 
 -- The list indexes move from the text columns to the instants; like the others, they cover
--- exactly the listed customers (the condition every list query carries). The country beside
--- the creation time lets a creation range with a country condition (`country:!FR`) be counted
--- from the index alone.
+-- exactly the listed customers (the condition every list query carries). The country and the
+-- id beside the times let a range with a country condition (`country:!FR`) be counted, and a
+-- range page sorted by id or broken by id be chosen, from the index alone.
 DROP INDEX customers_by_created;
 DROP INDEX customers_by_updated;
 DROP INDEX customers_by_country;
-CREATE INDEX customers_by_created_ms ON customers (created_ms, country) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
-CREATE INDEX customers_by_updated_ms ON customers (updated_ms) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX customers_by_created_ms ON customers (created_ms, country, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX customers_by_updated_ms ON customers (updated_ms, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
 CREATE INDEX customers_by_country_created_ms ON customers (country, created_ms) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
