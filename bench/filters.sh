@@ -98,7 +98,7 @@ done
 SUMMARY=$OUT/filters-summary.txt
 {
   echo "filtered lists at $SEEDED customers ($EVENTS events), release build,"
-  echo "wrk: $BENCH_LIST_CONNECTIONS connections, ${BENCH_SECONDS}s per query, nothing else running"
+  echo "wrk: $BENCH_LIST_CONNECTIONS connections, ${BENCH_SECONDS}s per query, one query at a time"
   printf '%-22s %9s %9s %9s %9s %8s  %s\n' query total req/s p50_ms p99_ms verdict path
 } >"$SUMMARY"
 for entry in "${QUERIES[@]}"; do
@@ -119,5 +119,5 @@ for entry in "${QUERIES[@]}"; do
   printf '%-22s %9s %9s %9s %9s %8s  %s\n' "$name" "$total" "$(value rps)" "$(value p50_ms)" \
     "$(value p99_ms)" "$verdict" "$path" >>"$SUMMARY"
 done
-echo "target: p99 <= ${TARGET_LIST_P99_MS} ms; database $(du -h "$DB" | cut -f1)" >>"$SUMMARY"
+echo "target: p99 <= ${TARGET_LIST_P99_MS} ms; database $(du -h "$DB" | cut -f1); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$SUMMARY"
 cat "$SUMMARY"
