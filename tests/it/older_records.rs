@@ -93,6 +93,8 @@ async fn older_times_order_snapshots_and_an_unreadable_one_leaves_it_to_arrival(
 #[tokio::test]
 async fn replaying_the_older_account_folder_gives_the_same_outcomes() {
     let app = spawn_app().await;
+    // An answer proves the daemon has created its database, so `replay` does not race it.
+    assert!(events(&app, "").await.0.is_empty());
     let output = run_cli_async(&app.config_path, &["replay", "fixtures/older-accounts"]).await;
     assert_success(&output);
     let text = stdout(&output);
