@@ -189,6 +189,22 @@ pub struct HandlerSettings {
     /// Longest retry delay, in milliseconds.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Where a handler seen for the first time starts in the event log: `now` (the default)
+    /// or `beginning`. Later starts resume from the handler's cursor.
+    #[serde(default)]
+    pub start: HandlerStart,
+}
+
+/// Where a new handler starts reading the event log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerStart {
+    /// After the newest event at the handler's first start: it sees only what arrives later.
+    #[default]
+    Now,
+    /// From the first event still in the log. Events whose bodies retention already pruned
+    /// are skipped, never dispatched empty.
+    Beginning,
 }
 
 fn default_max_attempts() -> u32 {
@@ -442,6 +458,11 @@ mod tests {
         .unwrap();
         assert_eq!(settings.handlers.len(), 2);
         assert!(matches!(settings.handlers[1].kind, HandlerKind::Log));
+        assert_eq!(settings.handlers[0].start, HandlerStart::Now);
+        let settings =
+            load_toml("[[handlers]]\nname = \"audit\"\nkind = \"log\"\nstart = \"beginning\"\n")
+                .unwrap();
+        assert_eq!(settings.handlers[0].start, HandlerStart::Beginning);
         let error = load_toml(
             "[[handlers]]\nname = \"a\"\nkind = \"log\"\n[[handlers]]\nname = \"a\"\nkind = \"log\"\n",
         )

@@ -74,7 +74,7 @@ pub async fn run(
     let handler_names: Vec<String> = settings.handlers.iter().map(|h| h.name.clone()).collect();
     let pruner = retention::spawn(
         &settings.storage,
-        handler_names.clone(),
+        settings.handlers.clone(),
         store.clone(),
         stop_rx.clone(),
     );

@@ -34,6 +34,12 @@ impl ForwardHandler {
             )
             .header("X-Rebilly-Webhookd-Event-Id", event.id.to_string())
             .body(event.body.clone());
+        if let Some(revision) = event.projected_revision {
+            request = request.header(
+                "X-Rebilly-Webhookd-Projected-Revision",
+                revision.to_string(),
+            );
+        }
         if let Some(basic) = &self.basic {
             request = request.basic_auth(&basic.username, Some(basic.password.expose()));
         }
