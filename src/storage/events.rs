@@ -333,18 +333,15 @@ pub fn prune_bodies(
     })
 }
 
-/// Applied events whose bodies were pruned although the projection rests on them (pruned by an
-/// older release, or by hand): a rebuild could not reproduce the projection without them.
-/// A pruned event touching a customer the projection has no row for counts too: the row was
-/// lost, and only that body could say what it held.
+/// Applied events whose bodies were pruned although the projection in place rests on them
+/// (pruned by an older release, or by hand): a rebuild could not reproduce it without them.
 pub fn pruned_foundations(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
     conn.prepare(
         "SELECT e.id FROM events e
          WHERE e.body IS NULL AND e.duplicate_of IS NULL AND e.status = 'applied'
            AND (e.event_type = 'customer-merged' OR EXISTS (
-               SELECT 1 FROM event_customers t LEFT JOIN customers c ON c.id = t.customer_id
-               WHERE t.event_id = e.id
-                 AND (c.id IS NULL OR c.event_id = e.id OR c.experian_event_id = e.id)))
+               SELECT 1 FROM event_customers t JOIN customers c ON c.id = t.customer_id
+               WHERE t.event_id = e.id AND (c.event_id = e.id OR c.experian_event_id = e.id)))
          ORDER BY e.id",
     )?
     .query_map([], |r| r.get(0))?
