@@ -352,3 +352,118 @@ pub fn stats(conn: &Connection, handler: &str) -> rusqlite::Result<HandlerStats>
         dead,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::test_support::TestDb;
+
+    fn applied(conn: &Connection, id: i64, customer: &str) {
+        conn.execute(
+            "INSERT INTO events (id, received_ms, event_type, customer_id, status, body_size, body)
+             VALUES (?1, 0, 'customer-updated', ?2, 'applied', 2, X'7B7D')",
+            params![id, customer],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO event_customers (event_id, customer_id) VALUES (?1, ?2)",
+            params![id, customer],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_pass_looks_up_only_the_customers_of_the_events_in_hand() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        let owed = 500;
+        for id in 1..=owed {
+            applied(&conn, id, &format!("cus_owed_{id}"));
+        }
+        let failed: Vec<(DispatchedEvent, Outcome)> = (1..=owed)
+            .map(|id| {
+                let customer = format!("cus_owed_{id}");
+                let event = DispatchedEvent {
+                    id,
+                    event_type: None,
+                    customer_id: Some(customer.clone()),
+                    revision: None,
+                    projected_revision: None,
+                    customers: vec![customer],
+                    body: Vec::new(),
+                };
+                let outcome = Outcome::Dead {
+                    attempts: 1,
+                    error: "down".into(),
+                };
+                (event, outcome)
+            })
+            .collect();
+        record_pass(&conn, "crm", owed, &failed, 0).unwrap();
+        applied(&conn, owed + 1, "cus_owed_7");
+        applied(&conn, owed + 2, "cus_fresh");
+
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        assert_eq!(work.fresh.len(), 2);
+        assert_eq!(work.blocked, HashSet::from(["cus_owed_7".to_owned()]));
+    }
+
+    #[test]
+    fn an_event_waits_behind_every_customer_it_touches() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        applied(&conn, 1, "cus_away");
+        applied(&conn, 2, "cus_target");
+        conn.execute(
+            "INSERT INTO event_customers (event_id, customer_id) VALUES (2, 'cus_away')",
+            [],
+        )
+        .unwrap();
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        assert_eq!(work.fresh[1].event.customers, ["cus_away", "cus_target"]);
+        let retry = |attempts| Outcome::Retry {
+            attempts,
+            next_attempt_ms: 0,
+            error: None,
+        };
+        let results: Vec<_> = work
+            .fresh
+            .into_iter()
+            .zip([retry(1), retry(0)])
+            .map(|(c, o)| (c.event, o))
+            .collect();
+        record_pass(&conn, "crm", 2, &results, 0).unwrap();
+
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        let due: Vec<i64> = work.due.iter().map(|c| c.event.id).collect();
+        assert_eq!(
+            due,
+            [1],
+            "the merge waits for the update of the customer merged away"
+        );
+        assert_eq!(next_due(&conn, "crm").unwrap(), Some(0));
+
+        let delivered = vec![(work.due[0].event.clone(), Outcome::Delivered)];
+        record_pass(&conn, "crm", 2, &delivered, 0).unwrap();
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        let due: Vec<i64> = work.due.iter().map(|c| c.event.id).collect();
+        assert_eq!(due, [2]);
+    }
+
+    #[test]
+    fn a_new_handler_starts_where_it_is_configured_and_keeps_its_cursor() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        for id in 1..=3 {
+            applied(&conn, id, "cus");
+        }
+        assert_eq!(start(&conn, "new", HandlerStart::Now).unwrap(), 3);
+        assert_eq!(start(&conn, "replay", HandlerStart::Beginning).unwrap(), 0);
+        applied(&conn, 4, "cus");
+        assert_eq!(start(&conn, "new", HandlerStart::Now).unwrap(), 3);
+        let handlers = [("replay".to_owned(), HandlerStart::Beginning)];
+        assert_eq!(reached_by_all(&conn, &handlers).unwrap(), 0);
+        let unstarted = [("later".to_owned(), HandlerStart::Now)];
+        assert_eq!(reached_by_all(&conn, &unstarted).unwrap(), i64::MAX);
+    }
+}

@@ -695,8 +695,16 @@ async fn a_handler_added_later_starts_after_the_newest_event() {
         target.was_accepted(after)
     })
     .await;
-    let forwarded: Vec<i64> = target.requests().iter().filter_map(|r| r.event_id).collect();
-    assert_eq!(forwarded, [after], "nothing from before the handler existed");
+    let forwarded: Vec<i64> = target
+        .requests()
+        .iter()
+        .filter_map(|r| r.event_id)
+        .collect();
+    assert_eq!(
+        forwarded,
+        [after],
+        "nothing from before the handler existed"
+    );
     for id in before {
         assert_eq!(handler_entry(&app, id, "crm").await, None);
     }
@@ -724,7 +732,10 @@ async fn a_handler_from_the_beginning_skips_pruned_bodies_and_records_why() {
 
     add_to_config(
         &app,
-        &format!("{}start = \"beginning\"\n", target.handler_toml("crm", 3, 20, 100)),
+        &format!(
+            "{}start = \"beginning\"\n",
+            target.handler_toml("crm", 3, 20, 100)
+        ),
     );
     let app = app.restart().await;
     eventually("the kept event is forwarded", || async {
@@ -751,7 +762,10 @@ async fn a_handler_from_the_beginning_skips_pruned_bodies_and_records_why() {
 #[tokio::test]
 async fn a_merge_waits_for_an_undelivered_update_of_the_customer_merged_away() {
     let target = Target::start().await;
-    target.rules().fail_customers.insert("cus_merged_away".into());
+    target
+        .rules()
+        .fail_customers
+        .insert("cus_merged_away".into());
     let app = common::spawn_app_with(&target.handler_toml("crm", 100, 20, 50)).await;
 
     let update = deliver_applied(
@@ -790,7 +804,11 @@ async fn a_merge_waits_for_an_undelivered_update_of_the_customer_merged_away() {
         target.was_accepted(merge)
     })
     .await;
-    let accepted: Vec<i64> = target.accepted().iter().filter_map(|r| r.event_id).collect();
+    let accepted: Vec<i64> = target
+        .accepted()
+        .iter()
+        .filter_map(|r| r.event_id)
+        .collect();
     let position = |id| accepted.iter().position(|a| *a == id).unwrap();
     assert!(position(update) < position(merge), "{accepted:?}");
 }
@@ -815,7 +833,11 @@ async fn handlers_are_told_what_revision_the_projection_holds() {
     })
     .await;
     let forwarded = target.attempts_for(check).remove(0);
-    assert_eq!(forwarded.revision, Some(3), "the body is forwarded as received");
+    assert_eq!(
+        forwarded.revision,
+        Some(3),
+        "the body is forwarded as received"
+    );
     assert_eq!(forwarded.projected_revision, Some(5));
     assert_eq!(target.attempts_for(current)[0].projected_revision, Some(5));
 }

@@ -16,3 +16,4 @@ mod projection;
 mod properties;
 mod queries;
 mod retention;
+mod upgrade;
