@@ -139,8 +139,9 @@ pub fn load_work(
 }
 
 /// A correlated condition on an owed delivery `d`: some customer its event touches is held by
-/// an earlier owed event of the same handler.
-const EARLIER_HOLD: &str = "SELECT 1 FROM event_customers t JOIN handler_holds h
+/// an earlier owed event of the same handler. `CROSS JOIN` fixes the order: the event's one or
+/// two customers first, then a key lookup each, never a walk over every hold of the handler.
+const EARLIER_HOLD: &str = "SELECT 1 FROM event_customers t CROSS JOIN handler_holds h
     ON h.handler = d.handler AND h.customer_id = t.customer_id AND h.event_id < t.event_id
     WHERE t.event_id = d.event_id";
 
