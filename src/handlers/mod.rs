@@ -51,6 +51,7 @@ impl AsyncHandler for LogHandler {
                 event_type = event.event_type.as_deref().unwrap_or(""),
                 customer_id = event.customer_id.as_deref().unwrap_or(""),
                 revision = event.revision,
+                projected_revision = event.projected_revision,
                 "event handled"
             );
             Ok(())
