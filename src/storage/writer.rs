@@ -326,7 +326,10 @@ pub struct RebuildReport {
 /// Retention keeps every body the projection rests on (see `events::prune_bodies`), so the
 /// replay reproduces the live projection: each customer's current snapshot, latest Experian
 /// check and merge are among the replayed bodies, and an older body that was pruned had been
-/// superseded by one of them. Dedupe keys owned by pruned events cannot be recomputed, so they
+/// superseded by one of them. (This holds because rule 2 orders one customer's snapshots
+/// totally when they all carry revisions, as Rebilly's do, or all lack them; a history mixing
+/// both is not transitive, and pruning its middle could let a rebuild order it differently.)
+/// Dedupe keys owned by pruned events cannot be recomputed, so they
 /// are kept as they are: a redelivery of a pruned event stays a duplicate. A body that no
 /// longer parses fails the rebuild (nothing changes) unless `skip_unparsable` allows leaving
 /// it out; either way its id is reported.
