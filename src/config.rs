@@ -110,10 +110,11 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Largest accepted webhook body, in bytes.
     pub max_body_bytes: usize,
-    /// Longest a request may take, from its headers to its answer, in seconds.
+    /// Longest a request may take, from its headers to its answer, in seconds; also the longest
+    /// wait for a concurrency slot.
     pub request_timeout_seconds: u64,
-    /// Most query, admin and probe requests served at the same time. A request that cannot
-    /// start within `request_timeout_seconds` is answered 503 with `Retry-After`.
+    /// Most query, admin and probe requests served at the same time. A request that cannot get
+    /// a slot within `request_timeout_seconds` is answered 503 with `Retry-After`.
     pub max_concurrent_requests: usize,
     /// Most webhook deliveries served at the same time, counted apart from the other routes so
     /// that they cannot crowd deliveries out; bounded by the request timeout in the same way.

@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod config;
 mod crash;
+mod digest;
 mod handlers;
 mod ingest;
 mod limits;
