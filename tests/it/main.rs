@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod crash;
 mod digest;
+mod edge;
 mod handlers;
 mod ingest;
 mod limits;
