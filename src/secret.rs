@@ -37,6 +37,17 @@ impl Secret {
     }
 }
 
+/// The bytes are overwritten before the memory is given back, so that a freed secret does not
+/// linger on the heap.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.iter_mut().for_each(|b| *b = 0);
+        // Keeps the compiler from dropping the writes as dead stores.
+        std::hint::black_box(&bytes);
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")

@@ -42,7 +42,7 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, ServeError> {
 /// Runs until `shutdown` completes, then stops accepting, answers what is in flight, lets the
 /// handlers finish their current event and flushes the writer, within the grace period.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -81,10 +81,15 @@ pub async fn run(
         store.clone(),
         stop_rx.clone(),
     );
+    let authenticator = Authenticator::new(&settings.auth);
+    // The authenticator keeps only hashes of the Basic and Digest passwords: the clear ones
+    // need not outlive start-up (a dropped Secret overwrites its bytes).
+    settings.auth.basic.clear();
+    settings.auth.digest.clear();
     let state = AppState {
         pipeline: Pipeline::new(store.clone()),
         store: store.clone(),
-        authenticator: Arc::new(Authenticator::new(&settings.auth)),
+        authenticator: Arc::new(authenticator),
         api_token: settings.api.token.clone(),
         max_body_bytes: settings.server.max_body_bytes,
         handler_names: Arc::new(handler_names),
