@@ -141,7 +141,12 @@ impl Authenticator {
             )
         });
         Self {
-            networks: settings.allowed_networks.clone(),
+            networks: settings
+                .allowed_networks
+                .iter()
+                .copied()
+                .map(proxy::canonical_net)
+                .collect(),
             proxies,
             basic,
             digest,

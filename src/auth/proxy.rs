@@ -23,6 +23,7 @@ pub struct NoClientAddress;
 
 impl TrustedProxies {
     pub fn new(header: HeaderName, networks: Vec<IpNet>) -> Self {
+        let networks = networks.into_iter().map(canonical_net).collect();
         Self { header, networks }
     }
 
@@ -126,6 +127,20 @@ fn parse_node(node: &str) -> Option<IpAddr> {
     bracketed.parse::<IpAddr>().ok().map(canonical)
 }
 
+/// A network written in IPv4-mapped form (`::ffff:10.0.0.0/104`) is the IPv4 network, so that
+/// it matches the canonical addresses it is compared with.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 /// An IPv4 address seen through an IPv6 socket (`::ffff:192.0.2.1`) is the IPv4 address.
 pub fn canonical(address: IpAddr) -> IpAddr {
     match address {
@@ -211,6 +226,17 @@ mod tests {
         assert_eq!(
             p.client_address(&headers, ip("::ffff:10.0.0.5")),
             Ok(ip("203.0.113.9"))
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_match_ipv4_addresses() {
+        let p = proxies("x-forwarded-for", &["::ffff:10.0.0.0/104"]);
+        let headers = lines("x-forwarded-for", &["203.0.113.9"]);
+        assert_eq!(p.client_address(&headers, ip(PROXY)), Ok(ip("203.0.113.9")));
+        assert_eq!(
+            canonical_net("::ffff:192.0.2.0/120".parse().unwrap()),
+            "192.0.2.0/24".parse::<IpNet>().unwrap()
         );
     }
 
