@@ -379,3 +379,51 @@ async fn a_redirect_from_a_forward_target_is_a_failed_attempt_and_is_not_followe
     assert_eq!(reached_by_302.load(Ordering::SeqCst), 0, "302 not followed");
     assert_eq!(reached_by_307.load(Ordering::SeqCst), 0, "307 not followed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Environment overrides
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_from_the_environment_is_taken_verbatim() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text("127.0.0.1:0", &dir.path().join("webhookd.db"), "");
+    let config = write_config(dir.path(), &text);
+    let token = "0001234567";
+    let mut child = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("REBILLY_WEBHOOKD__API__TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(address) = listening_address(&line) {
+                let _ = tx.send(address);
+            }
+        }
+    });
+    let address = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the daemon logs its address");
+    let client = reqwest::Client::new();
+    let status = |bearer: &'static str| {
+        client
+            .get(format!("http://{address}/customers"))
+            .bearer_auth(bearer)
+            .send()
+    };
+    let verbatim = status(token).await.unwrap().status();
+    let retyped = status("1234567").await.unwrap().status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(verbatim, 200, "the token keeps its leading zeros");
+    assert_eq!(retyped, 401);
+}
