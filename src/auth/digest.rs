@@ -72,7 +72,9 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
 /// the same credentials (`stale=true`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DigestFailure {
-    /// No Digest credentials, or credentials this server never offers (another qop, realm, ...).
+    /// No `Authorization` header: the first step of every Digest exchange.
+    Absent,
+    /// Credentials of another scheme, or Digest credentials this server never offers (another qop, realm, ...).
     Missing,
     /// Wrong username or password, or a nonce this server did not issue.
     Invalid,

@@ -66,6 +66,17 @@ pub enum AuthError {
     Timestamp,
 }
 
+impl AuthError {
+    /// A Digest challenge to a request without credentials, or a renewed one for an expired
+    /// nonce: what every Digest delivery goes through before it passes.
+    pub fn is_digest_handshake(self) -> bool {
+        matches!(
+            self,
+            Self::Digest(DigestFailure::Absent | DigestFailure::Stale)
+        )
+    }
+}
+
 /// What the checks before the body need to know of a request.
 pub struct RequestHead<'a> {
     pub method: &'a Method,
@@ -228,7 +239,11 @@ impl Authenticator {
                     .verify(params, &line, unix_now_ms())
                     .map_err(AuthError::Digest)
             }
-            (None, Some(_), None) => Err(AuthError::Digest(DigestFailure::Missing)),
+            (None, Some(_), None) => Err(AuthError::Digest(if authorization.is_some() {
+                DigestFailure::Missing
+            } else {
+                DigestFailure::Absent
+            })),
             (Some(basic), _, _) => basic.verify(presented_basic.map(|(_, p)| p)),
         }
     }
@@ -361,6 +376,22 @@ mod tests {
         let challenges = auth.challenges(AuthError::Basic);
         assert_eq!(challenges.len(), 3, "{challenges:?}");
         assert!(challenges[2].starts_with("Basic "), "{challenges:?}");
+    }
+
+    #[test]
+    fn only_a_request_without_credentials_is_a_digest_handshake() {
+        let mut s = settings();
+        s.digest.push(DigestCredential {
+            username: "rebilly".into(),
+            password: Secret::new("digest-password"),
+        });
+        let auth = Authenticator::new(&s);
+        let absent = check(&auth, &HeaderMap::new(), LOCAL).unwrap_err();
+        assert_eq!(absent, AuthError::Digest(DigestFailure::Absent));
+        assert!(absent.is_digest_handshake());
+        let basic = check(&auth, &basic_header("rebilly", "digest-password"), LOCAL).unwrap_err();
+        assert_eq!(basic, AuthError::Digest(DigestFailure::Missing));
+        assert!(!basic.is_digest_handshake());
     }
 
     #[test]

@@ -73,7 +73,14 @@ async fn deliver(state: &AppState, head: &RequestHead<'_>, body: Body) -> Result
 /// The log keeps which check failed; the answer does not say, so that it cannot tell a guesser
 /// which of several configured checks passed.
 fn refuse_auth(state: &AppState, error: AuthError) -> Problem {
-    tracing::info!(reason = %error, "delivery refused");
+    // A Digest client's first request carries no credentials, and one on an expired nonce is
+    // sent again: both are steps of the protocol, not refusals worth a log line or a count.
+    let handshake = error.is_digest_handshake();
+    if handshake {
+        tracing::debug!(reason = %error, "Digest challenge sent");
+    } else {
+        tracing::info!(reason = %error, "delivery refused");
+    }
     match error {
         AuthError::NetworkNotAllowed | AuthError::NoClientAddress => {
             telemetry::record_refusal(Refusal::Forbidden);
@@ -89,7 +96,9 @@ fn refuse_auth(state: &AppState, error: AuthError) -> Problem {
         | AuthError::Header
         | AuthError::Signature
         | AuthError::Timestamp => {
-            telemetry::record_refusal(Refusal::Unauthorized);
+            if !handshake {
+                telemetry::record_refusal(Refusal::Unauthorized);
+            }
             state
                 .authenticator
                 .challenges(error)
