@@ -323,7 +323,11 @@ fn default_forward_timeout() -> u64 {
 impl Settings {
     /// Loads the layers and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_environment(file, std::env::vars())
+        // Variables that are not UTF-8 cannot be ours (`std::env::vars` would panic on them).
+        let variables = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        Self::load_with_environment(file, variables)
     }
 
     /// Loads with the given environment variables instead of the process's own.
