@@ -351,8 +351,9 @@ async fn curl_digest_delivers() {
     );
 }
 
-/// Python's `HTTPDigestAuthHandler`; versions before 3.13 know MD5 but not SHA-256, so the
-/// script adds SHA-256 the way later versions do and lets the handler pick the first challenge.
+/// Python's `HTTPDigestAuthHandler`, which computes the response itself. Its hash table knows
+/// MD5 and SHA-1 only, so the script adds SHA-256 through the handler's own hook; the handler
+/// answers the first challenge.
 const PYTHON_CLIENT: &str = r#"
 import hashlib, sys, urllib.request
 class Handler(urllib.request.HTTPDigestAuthHandler):
