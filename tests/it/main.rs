@@ -8,6 +8,8 @@ mod auth;
 mod cli;
 mod config;
 mod crash;
+mod digest;
+mod edge;
 mod handlers;
 mod ingest;
 mod limits;

@@ -37,7 +37,16 @@ async fn customers_page(app: &TestApp) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_whether_the_database_accepts_writes() {
-    let app = common::spawn_app().await;
+    // Every probe reaches the database here; reusing answers is tested on its own.
+    let app = common::spawn_app_with(&format!(
+        "#replace{}",
+        common::config_text(
+            "127.0.0.1:0",
+            std::path::Path::new("{db}"),
+            "readiness_cache_ms = 0"
+        )
+    ))
+    .await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "/healthz needs no token");
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
