@@ -69,6 +69,24 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
     .with_field(Some(unknown[0].to_owned())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/customers/{id}",
+    tag = "customers",
+    description = "The customer as Rebilly last described it (the snapshot of the highest \
+        revision seen), plus `mergedInto` and `experianCheck`.",
+    params(("id" = String, Path, description = "The customer id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The customer", body = super::openapi::Customer),
+        (status = 404, description = "No such customer", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn get_customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -79,6 +97,42 @@ pub async fn get_customer(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/customers",
+    tag = "customers",
+    description = "Customers with Rebilly's list conventions; customers merged away are left \
+        out. A parameter the daemon cannot evaluate is a 400 naming it.",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000,
+            description = "Page size, 0..1000; default 100"),
+        ("offset" = Option<u32>, Query, description = "Customers to skip; default 0"),
+        ("sort" = Option<String>, Query,
+            description = "Rebilly field names separated by `,`; `-` before one for descending"),
+        ("filter" = Option<String>, Query,
+            description = "Rebilly's grammar: `field:value` pairs joined by `;`, `,` between \
+                values, `!` negates, ranges `a..b`, `a..`, `..b`, sub-fields with `.`"),
+        ("q" = Option<String>, Query, description = "Partial text search over names and emails"),
+        ("fields" = Option<String>, Query,
+            description = "Top-level fields to keep, separated by `,`"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of customers", body = [super::openapi::Customer],
+            headers(
+                ("Pagination-Total" = u64, description = "How many match in all"),
+                ("Pagination-Limit" = u32, description = "The limit applied"),
+                ("Pagination-Offset" = u32, description = "The offset applied"),
+            )),
+        (status = 400, description = "A query parameter that is unknown or cannot be \
+            evaluated; `field` names it", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn list_customers(
     State(state): State<AppState>,
     Query(mut params): Query<HashMap<String, String>>,
@@ -112,6 +166,37 @@ fn pagination_headers(headers: &mut HeaderMap, total: u64, limit: u32, offset: u
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    description = "The event log, newest first.",
+    params(
+        ("customerId" = Option<String>, Query, description = "Only this customer's events"),
+        ("status" = Option<crate::storage::Status>, Query, description = "Only this outcome"),
+        ("eventType" = Option<String>, Query, description = "Only this Rebilly event type"),
+        ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000,
+            description = "Page size, 0..1000; default 100"),
+        ("offset" = Option<u32>, Query, description = "Events to skip; default 0"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of events",
+            body = [crate::storage::EventRecord],
+            headers(
+                ("Pagination-Total" = u64, description = "How many match in all"),
+                ("Pagination-Limit" = u32, description = "The limit applied"),
+                ("Pagination-Offset" = u32, description = "The offset applied"),
+            )),
+        (status = 400, description = "A query parameter that is unknown or invalid; `field` \
+            names it", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn list_events(
     State(state): State<AppState>,
     Query(mut params): Query<HashMap<String, String>>,
@@ -135,6 +220,24 @@ pub async fn list_events(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "events",
+    description = "One event: its record, raw body (null once pruned) and handler state.",
+    params(("id" = i64, Path, description = "The event id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The event", body = crate::storage::EventDetail),
+        (status = 400, description = "The id is not an integer", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 404, description = "No such event", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn get_event(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -147,6 +250,25 @@ pub async fn get_event(
         .ok_or_else(|| Problem::not_found(format!("no event with id {id}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/events/{id}/replay",
+    tag = "operations",
+    description = "Runs a stored body through the pipeline again as a new delivery, under the \
+        same dedupe and revision rules.",
+    params(("id" = i64, Path, description = "The event id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new delivery", body = super::openapi::ReplayReport),
+        (status = 400, description = "The id is not an integer", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, or its body was pruned", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn replay_event(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -159,6 +281,24 @@ pub async fn replay_event(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/handlers/{name}/redrive",
+    tag = "operations",
+    description = "Gives a handler's events marked for an operator back to it.",
+    params(("name" = String, Path, description = "A configured handler's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "How many were given back",
+            body = super::openapi::RedriveReport),
+        (status = 404, description = "No handler of that name", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn redrive_handler(
     State(state): State<AppState>,
     Path(name): Path<String>,
