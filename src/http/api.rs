@@ -1,11 +1,12 @@
 //! The query and admin endpoints, behind `Authorization: Bearer <api.token>`.
 
 use super::AppState;
+use super::params::PathParam;
 use super::problem::Problem;
 use crate::admin;
 use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -75,10 +76,11 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
     tag = "customers",
     description = "The customer as Rebilly last described it (the snapshot of the highest \
         revision seen), plus `mergedInto` and `experianCheck`.",
-    params(("id" = String, Path, description = "The customer id")),
+    params(("id" = String, Path, description = "The customer id", example = "cus_alice_01")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The customer", body = super::openapi::Customer),
+        (status = 400, description = "The id is not valid UTF-8", body = super::problem::Document, content_type = "application/problem+json"),
         (status = 404, description = "No such customer", body = super::problem::Document, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token",
             body = super::problem::Document, content_type = "application/problem+json",
@@ -89,7 +91,7 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
 )]
 pub async fn get_customer(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     match state.store.customer(id.clone()).await? {
         Some(customer) => Ok(Json(customer)),
@@ -225,7 +227,7 @@ pub async fn list_events(
     path = "/events/{id}",
     tag = "events",
     description = "One event: its record, raw body (null once pruned) and handler state.",
-    params(("id" = i64, Path, description = "The event id")),
+    params(("id" = i64, Path, description = "The event id", example = 1)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The event", body = crate::storage::EventDetail),
@@ -240,7 +242,7 @@ pub async fn list_events(
 )]
 pub async fn get_event(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> Result<Json<crate::storage::EventDetail>, Problem> {
     state
         .store
@@ -256,7 +258,7 @@ pub async fn get_event(
     tag = "operations",
     description = "Runs a stored body through the pipeline again as a new delivery, under the \
         same dedupe and revision rules.",
-    params(("id" = i64, Path, description = "The event id")),
+    params(("id" = i64, Path, description = "The event id", example = 1)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The new delivery", body = super::openapi::ReplayReport),
@@ -271,7 +273,7 @@ pub async fn get_event(
 )]
 pub async fn replay_event(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     match admin::replay_event(&state.pipeline, id).await? {
         Some(receipt) => Ok(Json(admin::replay_report(id, &receipt))),
@@ -291,6 +293,7 @@ pub async fn replay_event(
     responses(
         (status = 200, description = "How many were given back",
             body = super::openapi::RedriveReport),
+        (status = 400, description = "The name is not valid UTF-8", body = super::problem::Document, content_type = "application/problem+json"),
         (status = 404, description = "No handler of that name", body = super::problem::Document, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token",
             body = super::problem::Document, content_type = "application/problem+json",
@@ -301,7 +304,7 @@ pub async fn replay_event(
 )]
 pub async fn redrive_handler(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     if !state.handler_names.contains(&name) {
         return Err(Problem::not_found(format!("no handler named {name}")));

@@ -4,6 +4,7 @@
 mod api;
 mod limit;
 mod openapi;
+mod params;
 pub mod problem;
 mod readiness;
 mod serve;

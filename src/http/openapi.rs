@@ -43,6 +43,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
             crate::storage::EventRecord,
             crate::storage::EventDetail,
             crate::storage::HandlerAttempt,
+            WebhookBody,
             Customer,
             ExperianCheck,
             ReplayReport,
@@ -157,6 +158,36 @@ pub fn document() -> &'static [u8] {
 pub async fn serve_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
 }
+
+/// A Rebilly webhook body. No field is required by Rebilly's schema and fields come and go,
+/// so every other property is accepted and kept; which ones a known event type needs is
+/// answered with 422 naming the field.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "eventType": "customer-created",
+    "customerId": "cus_example_01",
+    "_embedded": {"customer": {
+        "id": "cus_example_01",
+        "revision": 1,
+        "email": "someone@example.com",
+        "createdTime": "2026-01-01T00:00:00Z",
+        "updatedTime": "2026-01-01T00:00:00Z"
+    }}
+}))]
+#[allow(dead_code)] // describes what Rebilly sends; never constructed
+pub struct WebhookBody {
+    /// A value of Rebilly's GlobalWebhookEventType, such as `customer-updated`.
+    event_type: Option<String>,
+    customer_id: Option<String>,
+    #[serde(rename = "_embedded")]
+    embedded: Option<Object>,
+}
+
+/// A JSON object of any shape.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // describes any JSON object; never constructed
+pub struct Object(serde_json::Map<String, serde_json::Value>);
 
 /// A projected customer: the snapshot of the highest revision seen, as Rebilly described it
 /// (every field Rebilly sent is kept, so more properties than these appear), plus `mergedInto`

@@ -37,9 +37,10 @@ pub struct Delivered {
         The security schemes are the methods a deployment can configure; every configured one \
         must pass.",
     request_body(
-        content = inline(serde_json::Value),
+        content = super::openapi::WebhookBody,
         content_type = "application/json",
-        description = "A Rebilly webhook body: a JSON object; unknown fields are kept",
+        description = "A Rebilly webhook body, read as raw bytes and authenticated before it \
+            is parsed",
     ),
     params(
         ("webhook-id" = Option<String>, Header,

@@ -1,0 +1,71 @@
+//! The OpenAPI description served at `/openapi.json`, and the answers schemathesis found
+//! disagreeing with it, kept as regressions.
+
+use crate::common::*;
+use serde_json::Value;
+
+async fn description(app: &TestApp) -> Value {
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(response.headers(), "content-type"),
+        "application/json"
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_description_is_served_without_a_token_and_is_openapi_3_1() {
+    let app = spawn_app().await;
+    let document = description(&app).await;
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(document["paths"]["/webhooks/rebilly"]["post"].is_object());
+}
+
+/// Each described operation is answered by a route: the fallback's "no such endpoint" would
+/// mean a path that is described but not served.
+#[tokio::test]
+async fn every_described_operation_is_served() {
+    let app = spawn_app().await;
+    let document = description(&app).await;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{name}", "no-such-handler");
+        for method in item.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = app
+                .client
+                .request(method.clone(), app.url(&concrete))
+                .bearer_auth(API_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            assert!(
+                !(status == 404 && body.contains("no such endpoint")) && status != 405,
+                "{method} {path} is described but not served: {status} {body}"
+            );
+        }
+    }
+}
+
+/// An event id beyond i64 used to be answered in plain text by the path extractor.
+#[tokio::test]
+async fn an_event_id_out_of_range_is_a_problem_document() {
+    let app = spawn_app().await;
+    for response in [
+        app.api_get("/events/9223372036854775808").await,
+        app.api_post("/events/9223372036854775808/replay").await,
+        app.api_get("/events/not-a-number").await,
+    ] {
+        let problem = expect_problem(response, 400).await;
+        assert_eq!(problem["field"], "id", "{problem}");
+    }
+}
