@@ -5,7 +5,7 @@
 # Installs schemathesis into a cached virtualenv when missing, builds the binary, starts the
 # daemon on a free loopback port with a temporary database seeded from fixtures/deliveries,
 # runs the checks, and stops the daemon. SCHEMATHESIS_MAX_EXAMPLES bounds the test cases per
-# operation (default 40); SCHEMATHESIS_ARGS adds options (for example `--seed 1`).
+# operation (default 100); SCHEMATHESIS_ARGS adds options (for example `--seed 1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,18 +91,29 @@ password = "$password"
 bearer = "$token"
 EOF
 
+# Every check that can hold for this API. Left out: positive_data_acceptance, since a body can
+# match the schema and still be unusable (a customer id that differs from the embedded one is a
+# documented 422), and negative_data_rejection, since it sends unknown headers and expects a
+# refusal where HTTP says to ignore them.
+checks="not_a_server_error,status_code_conformance,content_type_conformance"
+checks+=",response_schema_conformance,response_headers_conformance,missing_required_header"
+checks+=",unsupported_method,allow_header_conformance,use_after_free"
+checks+=",ensure_resource_availability,ignored_auth"
+
 echo "== schemathesis"
 status=0
+# From the temporary folder, where schemathesis leaves its cache and report. One worker: with
+# several, Python 3.11's parser can fail inside hypothesis ("AST constructor recursion depth
+# mismatch"), an error of the tool rather than of the daemon.
 # shellcheck disable=SC2086 # SCHEMATHESIS_ARGS is a list of options
-"$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run \
+(cd "$work" && "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run \
     "http://$address/openapi.json" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
-    --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
+    --checks "$checks" \
+    --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" \
     --workers 1 \
     --no-color \
     --generation-database none \
-    --report-dir "$work/report" \
-    ${SCHEMATHESIS_ARGS:-} || status=$?
+    ${SCHEMATHESIS_ARGS:-}) || status=$?
 
 if [[ $status -ne 0 ]]; then
     echo "== daemon log (last 50 lines)"

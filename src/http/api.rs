@@ -108,15 +108,17 @@ pub async fn get_customer(
     params(
         ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000,
             description = "Page size, 0..1000; default 100"),
-        ("offset" = Option<u32>, Query, description = "Customers to skip; default 0"),
+        ("offset" = Option<u64>, Query, maximum = 4_294_967_295.0,
+            description = "Customers to skip; default 0"),
         ("sort" = Option<String>, Query,
             description = "Rebilly field names separated by `,`; `-` before one for descending"),
         ("filter" = Option<String>, Query,
             description = "Rebilly's grammar: `field:value` pairs joined by `;`, `,` between \
                 values, `!` negates, ranges `a..b`, `a..`, `..b`, sub-fields with `.`"),
         ("q" = Option<String>, Query, description = "Partial text search over names and emails"),
-        ("fields" = Option<String>, Query,
-            description = "Top-level fields to keep, separated by `,`"),
+        ("fields" = Option<String>, Query, min_length = 1,
+            description = "Top-level fields to keep: names of letters, digits and `_`, \
+                separated by `,`"),
     ),
     security(("bearer" = [])),
     responses(
@@ -179,7 +181,8 @@ fn pagination_headers(headers: &mut HeaderMap, total: u64, limit: u32, offset: u
         ("eventType" = Option<String>, Query, description = "Only this Rebilly event type"),
         ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000,
             description = "Page size, 0..1000; default 100"),
-        ("offset" = Option<u32>, Query, description = "Events to skip; default 0"),
+        ("offset" = Option<u64>, Query, maximum = 4_294_967_295.0,
+            description = "Events to skip; default 0"),
     ),
     security(("bearer" = [])),
     responses(

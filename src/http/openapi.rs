@@ -196,7 +196,9 @@ pub struct Object(serde_json::Map<String, serde_json::Value>);
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)] // describes a JSON object the projection builds; never constructed
 pub struct Customer {
-    /// Matches `^[@~\-.\w]+$`, at most 50 characters.
+    /// Matches `^[@~\-.\w]+$`, at most 50 characters. Like every property, absent when
+    /// `fields` leaves it out.
+    #[schema(required = false)]
     id: String,
     revision: Option<i64>,
     created_time: Option<String>,

@@ -69,3 +69,40 @@ async fn an_event_id_out_of_range_is_a_problem_document() {
         assert_eq!(problem["field"], "id", "{problem}");
     }
 }
+
+/// `fields` may leave out any property, `id` included: the described customer requires none.
+#[tokio::test]
+async fn a_customer_reduced_by_fields_matches_its_description() {
+    let app = spawn_app().await;
+    app.deliver_ok(fixture("deliveries/01-customer-created-alice.json"))
+        .await;
+    let customers = list(&app, "/customers?fields=email").await;
+    assert_eq!(customers.len(), 1);
+    assert!(customers[0].get("id").is_none(), "{customers:?}");
+    let document = description(&app).await;
+    let customer = &document["components"]["schemas"]["Customer"];
+    assert!(customer["properties"]["id"].is_object(), "{customer}");
+    let required = customer["required"].as_array().cloned().unwrap_or_default();
+    assert!(required.is_empty(), "required: {required:?}");
+}
+
+/// Offsets are read as 32-bit unsigned integers: the description allows the whole range.
+#[tokio::test]
+async fn an_offset_beyond_i32_is_accepted_as_described() {
+    let app = spawn_app().await;
+    let document = description(&app).await;
+    for path in ["/customers", "/events"] {
+        let response = app.api_get(&format!("{path}?offset=2147483648")).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let parameters = document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let offset = parameters.iter().find(|p| p["name"] == "offset").unwrap();
+        let maximum = offset["schema"]["maximum"].as_f64();
+        let format = offset["schema"]["format"].as_str();
+        assert!(
+            maximum.is_some_and(|m| m >= 4_294_967_295.0) && format != Some("int32"),
+            "{path}: {offset}"
+        );
+    }
+}
