@@ -27,9 +27,11 @@ pub(super) struct Document {
     detail: String,
     /// The offending body field or query parameter, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     field: Option<String>,
     /// The stored event, when a delivery was kept as rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     event_id: Option<i64>,
     #[serde(skip)]
     headers: Vec<(header::HeaderName, HeaderValue)>,

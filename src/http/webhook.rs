@@ -43,9 +43,9 @@ pub struct Delivered {
             is parsed",
     ),
     params(
-        ("webhook-id" = Option<String>, Header,
+        ("webhook-id" = Option<String>, Header, nullable = false,
             description = "Standard Webhooks message id, with `[auth.hmac]`"),
-        ("webhook-timestamp" = Option<i64>, Header,
+        ("webhook-timestamp" = Option<i64>, Header, nullable = false,
             description = "Standard Webhooks timestamp (Unix seconds), with `[auth.hmac]`"),
     ),
     security(

@@ -86,7 +86,8 @@ async fn a_customer_reduced_by_fields_matches_its_description() {
     assert!(required.is_empty(), "required: {required:?}");
 }
 
-/// Offsets are read as 32-bit unsigned integers: the description allows the whole range.
+/// Offsets are read as 32-bit unsigned integers and echoed in `Pagination-Offset`: the
+/// description allows the whole range.
 #[tokio::test]
 async fn an_offset_beyond_i32_is_accepted_as_described() {
     let app = spawn_app().await;
@@ -104,5 +105,8 @@ async fn an_offset_beyond_i32_is_accepted_as_described() {
             maximum.is_some_and(|m| m >= 4_294_967_295.0) && format != Some("int32"),
             "{path}: {offset}"
         );
+        let header = &document["paths"][path]["get"]["responses"]["200"]["headers"]["Pagination-Offset"]
+            ["schema"];
+        assert_ne!(header["format"], "int32", "{path}: {header}");
     }
 }
