@@ -337,7 +337,11 @@ mod tests {
     fn every_route_of_the_router_is_described_and_nothing_else() {
         let routes = routed(include_str!("mod.rs"));
         assert!(routes.len() >= 11, "routes found: {routes:?}");
-        assert_eq!(described(), routes);
+        assert_eq!(
+            described(),
+            routes,
+            "each route needs #[utoipa::path] on its handler and a place in ApiDoc's paths"
+        );
     }
 
     #[test]
