@@ -110,3 +110,89 @@ async fn an_offset_beyond_i32_is_accepted_as_described() {
         assert_ne!(header["format"], "int32", "{path}: {header}");
     }
 }
+
+/// The property names a described object schema lists, following one `allOf` level.
+fn described_properties(document: &Value, schema: &str) -> Vec<String> {
+    let schemas = &document["components"]["schemas"];
+    let mut names: Vec<String> = Vec::new();
+    let parts = match schemas[schema]["allOf"].as_array() {
+        Some(parts) => parts.clone(),
+        None => vec![schemas[schema].clone()],
+    };
+    for part in parts {
+        let part = match part["$ref"].as_str() {
+            Some(reference) => schemas[reference.rsplit('/').next().unwrap()].clone(),
+            None => part,
+        };
+        names.extend(part["properties"].as_object().unwrap().keys().cloned());
+    }
+    names.sort();
+    names
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// The answers whose JSON is built by hand are described by types of their own: each answer
+/// has exactly the properties its description lists, so neither can change alone.
+#[tokio::test]
+async fn hand_built_answers_have_exactly_their_described_properties() {
+    let app = spawn_app_with("[[handlers]]\nname = \"audit\"\nkind = \"log\"\n").await;
+    let document = description(&app).await;
+    let delivered: Value = app
+        .deliver(fixture("deliveries/01-customer-created-alice.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&delivered),
+        described_properties(&document, "Delivered")
+    );
+    let id = delivered["eventId"].as_i64().unwrap();
+
+    let replayed: Value = app
+        .api_post(&format!("/events/{id}/replay"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&replayed),
+        described_properties(&document, "ReplayReport")
+    );
+
+    let redriven = app.api_post("/handlers/audit/redrive").await;
+    assert_eq!(redriven.status(), 200);
+    let redriven: Value = redriven.json().await.unwrap();
+    assert_eq!(
+        keys(&redriven),
+        described_properties(&document, "RedriveReport")
+    );
+
+    let detail = event_detail(&app, id).await;
+    assert_eq!(
+        keys(&detail),
+        described_properties(&document, "EventDetail")
+    );
+    let handlers = detail["handlers"].as_array().unwrap();
+    for attempt in handlers {
+        for key in keys(attempt) {
+            assert!(
+                described_properties(&document, "HandlerAttempt").contains(&key),
+                "{key} in {attempt}"
+            );
+        }
+    }
+
+    let customer = app.customer("cus_alice_01").await;
+    for property in described_properties(&document, "Customer") {
+        assert!(
+            customer.get(&property).is_some(),
+            "{property} in {customer}"
+        );
+    }
+}
