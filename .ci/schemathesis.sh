@@ -15,7 +15,7 @@ if [[ ! -x "$venv/bin/schemathesis" ]]; then
     echo "== installing schemathesis into $venv"
     mkdir -p "$cache"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check schemathesis
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
 fi
 "$venv/bin/schemathesis" --version
 
