@@ -78,6 +78,7 @@ pub async fn run(
         store.clone(),
         stop_rx.clone(),
     );
+    let reconciler = crate::sync::schedule::spawn(&settings, store.clone(), stop_rx.clone());
     let state = AppState {
         pipeline: Pipeline::new(store.clone()),
         store: store.clone(),
@@ -120,7 +121,7 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
-    for worker in workers.into_iter().chain(pruner) {
+    for worker in workers.into_iter().chain(pruner).chain(reconciler) {
         let _ = tokio::time::timeout(grace, worker).await;
     }
     store.close().await;

@@ -7,6 +7,7 @@ pub static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
         M::up(include_str!("migrations/0001_event_log.sql")),
         M::up(include_str!("migrations/0002_readiness_probe.sql")),
+        M::up(include_str!("migrations/0004_sync_source.sql")),
     ])
 });
 
@@ -14,6 +15,8 @@ pub static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
 mod tests {
     use super::*;
     use rusqlite::Connection;
+
+    const MIGRATIONS_COUNT: i64 = 3;
 
     #[test]
     fn migrations_are_valid() {
@@ -31,7 +34,7 @@ mod tests {
         let again: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, MIGRATIONS_COUNT);
         assert_eq!(again, version);
     }
 }

@@ -69,7 +69,7 @@ struct DedupeKeys {
 /// Experian checks have none: each one is kept.
 fn semantic_key(event: &Event) -> Option<[u8; 32]> {
     let text = match event {
-        Event::CustomerCreated(e) | Event::CustomerUpdated(e) => {
+        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
             let revision = e.customer.revision?;
             format!(
                 "{}\n{}\n{}",
@@ -246,6 +246,49 @@ fn ingest_one(
     })
 }
 
+/// One snapshot fetched by `sync`, in its own savepoint of the page's transaction. It runs the
+/// same dedupe and projection rules as a delivery, but leaves a row only when it changed the
+/// projection (or could not be used): a snapshot the projection already holds is `stale` and
+/// leaves nothing, so that repeated syncs do not fill the log. Rebuild stays equal to live,
+/// because such a snapshot would be stale at the same point of a rebuild too.
+pub(super) fn ingest_synced(
+    tx: &mut rusqlite::Transaction<'_>,
+    projection: &CustomerProjection,
+    id: i64,
+    delivery: &Delivery,
+) -> rusqlite::Result<Status> {
+    let savepoint = tx.savepoint()?;
+    let NewDelivery {
+        body,
+        parsed,
+        received_ms,
+    } = &delivery.inner;
+    let mut row = EventRow::new(id, *received_ms, Some(body));
+    match parsed {
+        Err(error) => reject(&mut row, error),
+        Ok(event) => {
+            row.event_type = Some(event.event_type());
+            row.customer_id = event.customer_id().map(|c| c.as_str());
+            row.revision = event.revision().map(|r| r.get());
+            classify(
+                &savepoint,
+                projection,
+                &mut row,
+                &delivery.keys,
+                event,
+                &delivery.prepared,
+            )?;
+        }
+    }
+    if matches!(row.status, Status::Applied | Status::Rejected) {
+        events::insert(&savepoint, &row)?;
+        events::mark_synced(&savepoint, id)?;
+        savepoint.commit()?;
+    }
+    // Dropping the savepoint otherwise rolls back its dedupe claims.
+    Ok(row.status)
+}
+
 fn reject(row: &mut EventRow<'_>, error: &ParseError) {
     row.status = Status::Rejected;
     row.error = Some(error.to_string());
@@ -306,14 +349,20 @@ pub fn rebuild_projection(conn: &mut Connection) -> Result<u64, StorageError> {
     let mut replayed = 0;
     {
         let mut statement = tx.prepare(
-            "SELECT id, body FROM events
+            "SELECT id, body, source FROM events
              WHERE body IS NOT NULL AND status != 'rejected' ORDER BY id",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             let body: Vec<u8> = row.get(1)?;
-            let Ok(event) = crate::event::parse(&body) else {
+            let source: String = row.get(2)?;
+            let parsed = if source == events::SYNC_SOURCE {
+                crate::event::parse_synced(&body)
+            } else {
+                crate::event::parse(&body)
+            };
+            let Ok(event) = parsed else {
                 continue;
             };
             let (keys, prepared) = prepare(&body, Some(&event));
