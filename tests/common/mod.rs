@@ -1,6 +1,16 @@
 //! Test support: start the real server on port 0 with its own temporary database, and talk to
 //! it over HTTP the way Rebilly and an operator would.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+pub mod bodies;
+pub mod http;
+pub mod process;
+pub mod wait;
+
+pub use bodies::*;
+pub use http::*;
+pub use process::*;
+pub use wait::*;
 
 use base64::Engine;
 use rebilly_webhookd::config::Settings;

@@ -3,12 +3,9 @@
 //! that was answered 2xx must be in the event log, and the projection must show at least the
 //! highest acknowledged revision of every customer.
 
+use crate::common::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const USER: &str = "rebilly";
@@ -18,20 +15,7 @@ const TASKS: usize = 32;
 /// Load stops by itself after this long even if the kill never came.
 const LOAD_LIMIT: Duration = Duration::from_secs(6);
 
-/// A child process that is killed when dropped, so a failing test leaves nothing behind.
-struct Daemon {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(dir: &Path) -> (PathBuf, PathBuf) {
+fn crash_config(dir: &Path) -> (PathBuf, PathBuf) {
     let db = dir.join("data").join("webhookd.db");
     let config = dir.join("config.toml");
     let text = format!(
@@ -58,61 +42,6 @@ level = "info"
     );
     std::fs::write(&config, text).expect("write config");
     (config, db)
-}
-
-/// Starts `serve` and waits for its `listening ... address=127.0.0.1:PORT` line. Stderr keeps
-/// being drained by a thread, so the daemon never blocks on a full pipe.
-fn start(config: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rebilly-webhookd"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the daemon");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (found_tx, found_rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen_by_thread = seen.clone();
-    std::thread::spawn(move || {
-        let mut found = Some(found_tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if found.is_some() {
-                if let Some(address) = listening_address(&line) {
-                    let _ = found.take().map(|tx| tx.send(address));
-                } else {
-                    seen_by_thread.lock().unwrap().push(line);
-                }
-            }
-        }
-    });
-    let address = match found_rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(address) => address,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the daemon did not log its address; stderr:\n{}",
-                seen.lock().unwrap().join("\n")
-            );
-        }
-    };
-    Daemon { child, address }
-}
-
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    if !line.contains("listening") {
-        return None;
-    }
-    let start = line.find("address=")? + "address=".len();
-    let rest = &line[start..];
-    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-    rest[..end].trim_matches('"').parse().ok()
 }
 
 /// A customer event with a full-looking Customer resource, unique per customer and revision.
@@ -222,8 +151,8 @@ async fn load(client: reqwest::Client, url: String, task: usize, until: Instant)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_deliveries_survive_sigkill() {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let (config, db) = write_config(dir.path());
-    let mut daemon = start(&config);
+    let (config, db) = crash_config(dir.path());
+    let mut daemon = Daemon::start(&config);
     let url = format!("http://{}/webhooks/rebilly", daemon.address);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -237,8 +166,7 @@ async fn acknowledged_deliveries_survive_sigkill() {
         .collect();
     let kill_after = Duration::from_millis(fastrand::u64(300..=1500));
     tokio::time::sleep(kill_after).await;
-    daemon.child.kill().expect("SIGKILL the daemon");
-    daemon.child.wait().expect("reap the daemon");
+    daemon.kill();
     let mut acks = Vec::new();
     for task in tasks {
         acks.extend(task.await.expect("load task"));
@@ -268,7 +196,7 @@ async fn acknowledged_deliveries_survive_sigkill() {
     }
 
     // The daemon starts again on the same database and has lost nothing it acknowledged.
-    let daemon = start(&config);
+    let daemon = Daemon::start(&config);
     let conn =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open the database read-only");

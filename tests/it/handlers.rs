@@ -1,21 +1,18 @@
-mod common;
+//! Asynchronous handlers: forwarding, retries, dead events and redrive, order per customer.
 
+use crate::common::{self, *};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::{TestApp, customer_event};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const FWD_USER: &str = "fwd";
 const FWD_PASSWORD: &str = "fwd-secret";
-const WAIT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------------------------
 // A local forward target that records every request and fails by a programmable rule.
@@ -177,39 +174,6 @@ async fn hook(
 // Polling helpers: bounded waits, never a fixed long sleep.
 // ---------------------------------------------------------------------------------------------
 
-/// Polls `check` every 20 ms until it holds; panics with `what` after `timeout`.
-async fn eventually_within<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_within(WAIT, what, check).await
-}
-
-async fn event_detail(app: &TestApp, id: i64) -> Value {
-    let response = app.api_get(&format!("/events/{id}")).await;
-    assert_eq!(response.status(), 200, "event {id} should exist");
-    response.json().await.unwrap()
-}
-
 /// The `handlers` entry of `handler` for event `id`, if the event is owed to it.
 async fn handler_entry(app: &TestApp, id: i64, handler: &str) -> Option<Value> {
     event_detail(app, id).await["handlers"]
@@ -219,19 +183,6 @@ async fn handler_entry(app: &TestApp, id: i64, handler: &str) -> Option<Value> {
         .find(|h| h["handler"] == handler)
         .cloned()
 }
-
-async fn deliver_applied(app: &TestApp, body: &[u8]) -> i64 {
-    let (id, status) = app.deliver_ok(body.to_vec()).await;
-    assert_eq!(status, "applied", "{}", String::from_utf8_lossy(body));
-    id
-}
-
-async fn metrics_text(app: &TestApp) -> String {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------

@@ -1,87 +1,13 @@
-mod common;
+//! Operations: readiness, request ids, inspection and replay, rebuild, pruning, SIGTERM,
+//! healthcheck and logs.
 
-use common::{API_TOKEN, PASSWORD, TestApp, USER, customer_event};
+use crate::common::{self, *};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The metrics recorder is process-wide. Tests that deliver through the in-process server hold
-/// this lock shared; the metrics test holds it alone, so its counter deltas are exact.
-static DELIVERIES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-const POLL: Duration = Duration::from_millis(20);
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rebilly-webhookd"))
-}
-
-/// Runs the binary with `args` and `--config <config>`.
-fn cli(config: &Path, args: &[&str]) -> Output {
-    binary()
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("the binary runs")
-}
-
-/// Runs the CLI off the async runtime, so that the in-process server keeps serving meanwhile.
-async fn cli_async(config: &Path, args: &[&str]) -> Output {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&config, &args)
-    })
-    .await
-    .unwrap()
-}
-
-fn stdout_json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-async fn metrics_text(app: &TestApp) -> String {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200, "/metrics needs no token");
-    let content_type = response.headers()["content-type"].to_str().unwrap();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    response.text().await.unwrap()
-}
-
-async fn event_detail(app: &TestApp, id: i64) -> Value {
-    let response = app.api_get(&format!("/events/{id}")).await;
-    assert_eq!(response.status(), 200, "event {id} should exist");
-    response.json().await.unwrap()
-}
-
-fn is_problem(response: &reqwest::Response) -> bool {
-    response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/problem+json"))
-}
-
-/// Every row of the `customers` table, as text, ordered by id.
 fn customers_table(db: &Path) -> Vec<Vec<String>> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut statement = conn.prepare("SELECT * FROM customers ORDER BY id").unwrap();
@@ -105,115 +31,6 @@ async fn customers_page(app: &TestApp) -> Value {
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn metrics_count_every_delivery_outcome() {
-    let _alone = DELIVERIES.write().await;
-    let app = common::spawn_app().await;
-    let outcomes = [
-        "applied",
-        "stale",
-        "duplicate",
-        "ignored",
-        "rejected",
-        "unauthorized",
-        "too_large",
-    ];
-    let count = |text: &str, outcome: &str| {
-        common::metric_value(
-            text,
-            "rebilly_webhookd_deliveries_total",
-            &[("outcome", outcome)],
-        )
-    };
-    let before = metrics_text(&app).await;
-
-    let rev2 = customer_event("customer-created", "cus_metrics", 2, json!({}));
-    assert_eq!(app.deliver_ok(rev2.clone()).await.1, "applied");
-    let rev3 = customer_event("customer-updated", "cus_metrics", 3, json!({}));
-    assert_eq!(app.deliver_ok(rev3).await.1, "applied");
-    let rev1 = customer_event("customer-updated", "cus_metrics", 1, json!({}));
-    assert_eq!(app.deliver_ok(rev1).await.1, "stale");
-    assert_eq!(app.deliver_ok(rev2).await.1, "duplicate");
-    let same_revision = customer_event("customer-updated", "cus_metrics", 3, json!({"x": 1}));
-    assert_eq!(app.deliver_ok(same_revision).await.1, "duplicate");
-    let invoice = common::fixture("deliveries/10-invoice-paid.json");
-    assert_eq!(app.deliver_ok(invoice).await.1, "ignored");
-    let response = app
-        .deliver(common::fixture("rejected/created-missing-customer-id.json"))
-        .await;
-    assert_eq!(response.status(), 422);
-    let response = app
-        .deliver(common::fixture("rejected/array-body.json"))
-        .await;
-    assert_eq!(response.status(), 400);
-    let response = app
-        .webhook_request()
-        .body(customer_event("customer-created", "cus_anon", 1, json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
-    let response = app
-        .webhook_request()
-        .basic_auth(USER, Some("wrong-password"))
-        .body(customer_event("customer-created", "cus_anon", 1, json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
-    let response = app.deliver(vec![b' '; 1024 * 1024 + 1]).await;
-    assert_eq!(response.status(), 413);
-
-    let after = metrics_text(&app).await;
-    let expected = [2.0, 1.0, 2.0, 1.0, 2.0, 2.0, 1.0];
-    for (outcome, expected) in outcomes.iter().zip(expected) {
-        let delta = count(&after, outcome) - count(&before, outcome);
-        assert_eq!(delta, expected, "deliveries_total{{outcome=\"{outcome}\"}}");
-    }
-    assert!(
-        after.contains("# TYPE rebilly_webhookd_deliveries_total counter"),
-        "{after}"
-    );
-    assert!(
-        after.contains("# TYPE rebilly_webhookd_writer_queue_depth gauge"),
-        "the writer queue depth is exported:\n{after}"
-    );
-    assert!(
-        common::metric_value(&after, "rebilly_webhookd_event_log_events", &[]) >= 8.0,
-        "the event log size counts the deliveries:\n{after}"
-    );
-    for histogram in [
-        "rebilly_webhookd_request_duration_seconds",
-        "rebilly_webhookd_writer_batch_size",
-    ] {
-        assert!(
-            common::metric_value(&after, &format!("{histogram}_count"), &[]) > 0.0,
-            "{histogram} is recorded:\n{after}"
-        );
-        assert!(
-            after.contains(&format!("{histogram}_bucket{{")),
-            "{histogram} has buckets"
-        );
-    }
-    assert!(
-        common::metric_value(
-            &after,
-            "rebilly_webhookd_request_duration_seconds_count",
-            &[("route", "webhook")]
-        ) - common::metric_value(
-            &before,
-            "rebilly_webhookd_request_duration_seconds_count",
-            &[("route", "webhook")]
-        ) >= 10.0,
-        "every webhook request is timed"
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Health, readiness, request ids
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +111,6 @@ async fn request_ids_are_echoed_or_generated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_can_be_inspected_and_replayed() {
-    let _deliveries = DELIVERIES.read().await;
     let app = common::spawn_app().await;
     let body = common::fixture("deliveries/01-customer-created-alice.json");
     let (applied, status) = app.deliver_ok(body.clone()).await;
@@ -369,16 +185,16 @@ async fn events_can_be_inspected_and_replayed() {
     assert_eq!(app.customer("cus_alice_01").await["revision"], 1);
 
     // The same through the command line, against the database the server is using.
-    let output = cli_async(&app.config_path, &["events", "show", &applied.to_string()]).await;
+    let output = run_cli_async(&app.config_path, &["events", "show", &applied.to_string()]).await;
     assert_success(&output);
     let shown = stdout_json(&output);
     assert_eq!(shown["id"], applied);
     assert_eq!(shown["status"], "applied");
     assert_eq!(shown["body"].as_str().unwrap().as_bytes(), body.as_slice());
-    let output = cli_async(&app.config_path, &["events", "show", "987654"]).await;
+    let output = run_cli_async(&app.config_path, &["events", "show", "987654"]).await;
     assert!(!output.status.success(), "an unknown event is an error");
 
-    let output = cli_async(
+    let output = run_cli_async(
         &app.config_path,
         &["events", "replay", &applied.to_string()],
     )
@@ -394,7 +210,7 @@ async fn events_can_be_inspected_and_replayed() {
         "duplicate"
     );
 
-    let output = cli_async(
+    let output = run_cli_async(
         &app.config_path,
         &["events", "replay", &rejected.to_string()],
     )
@@ -481,7 +297,6 @@ async fn deliver_messy_history(app: &TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilding_the_projection_reproduces_it_exactly() {
-    let _deliveries = DELIVERIES.read().await;
     let mut app = common::spawn_app().await;
     deliver_messy_history(&app).await;
 
@@ -510,7 +325,7 @@ async fn rebuilding_the_projection_reproduces_it_exactly() {
     }
     assert_ne!(customers_table(&app.db_path), table_before);
 
-    let output = cli_async(&app.config_path, &["projection", "rebuild"]).await;
+    let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
     assert_success(&output);
     let report = stdout_json(&output);
     assert!(report["replayed"].as_u64().unwrap() > 0, "{report}");
@@ -540,7 +355,6 @@ async fn rebuilding_the_projection_reproduces_it_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_clears_bodies_but_keeps_metadata_and_the_projection() {
-    let _deliveries = DELIVERIES.read().await;
     let app = common::spawn_app().await;
     let mut ids = Vec::new();
     for name in [
@@ -562,7 +376,7 @@ async fn pruning_clears_bodies_but_keeps_metadata_and_the_projection() {
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     // Without --yes nothing happens.
-    let output = cli_async(
+    let output = run_cli_async(
         &app.config_path,
         &["events", "prune", "--older-than-days", "0"],
     )
@@ -573,7 +387,7 @@ async fn pruning_clears_bodies_but_keeps_metadata_and_the_projection() {
         assert!(event_detail(&app, id).await["body"].is_string());
     }
 
-    let output = cli_async(
+    let output = run_cli_async(
         &app.config_path,
         &["events", "prune", "--older-than-days", "0", "--yes"],
     )
@@ -605,7 +419,7 @@ async fn pruning_clears_bodies_but_keeps_metadata_and_the_projection() {
     // A pruned event cannot be replayed, and the projection can no longer be rebuilt from it.
     let response = app.api_post(&format!("/events/{}/replay", ids[0])).await;
     assert_eq!(response.status(), 404);
-    let output = cli_async(&app.config_path, &["projection", "rebuild"]).await;
+    let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
     assert!(!output.status.success(), "rebuild refuses a pruned log");
     assert_eq!(customers_page(&app).await, list_before);
     // New deliveries keep their bodies.
@@ -613,92 +427,6 @@ async fn pruning_clears_bodies_but_keeps_metadata_and_the_projection() {
         .deliver_ok(common::fixture("deliveries/05-customer-created-carol.json"))
         .await;
     assert!(event_detail(&app, id).await["body"].is_string());
-}
-
-// ---------------------------------------------------------------------------------------------
-// The real binary: SIGTERM under load, healthcheck
-// ---------------------------------------------------------------------------------------------
-
-/// A running `serve` process whose stderr is drained by a thread.
-struct Daemon {
-    child: std::process::Child,
-    address: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = binary()
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("serve starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("listening")
-                    && let Some(rest) = line.split("address=").nth(1)
-                {
-                    let address = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = address_tx.send(address);
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let address = match address_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("no listening line: {}", log.lock().unwrap());
-            }
-        };
-        Daemon {
-            child,
-            address,
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the process to exit, up to `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "the daemon did not exit within {limit:?}:\n{}",
-                    self.log.lock().unwrap()
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn config_text(listen: &str, db: &Path, extra: &str) -> String {
@@ -828,13 +556,13 @@ async fn healthcheck_reports_whether_the_daemon_answers() {
     let mut app = common::spawn_app_with(&format!("#replace{config}")).await;
     assert_eq!(app.address.port(), port);
 
-    let output = cli_async(&app.config_path, &["healthcheck"]).await;
+    let output = run_cli_async(&app.config_path, &["healthcheck"]).await;
     assert_success(&output);
-    let output = cli_async(&app.config_path, &["healthcheck", "--ready"]).await;
+    let output = run_cli_async(&app.config_path, &["healthcheck", "--ready"]).await;
     assert_success(&output);
 
     app.stop().await;
-    let output = cli_async(&app.config_path, &["healthcheck"]).await;
+    let output = run_cli_async(&app.config_path, &["healthcheck"]).await;
     assert!(
         !output.status.success(),
         "nothing listens: {}",

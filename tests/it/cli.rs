@@ -1,9 +1,10 @@
 //! The command line: the real binary, run with `--config` pointing at a temporary configuration.
-mod common;
+
+use crate::common::{self, *};
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
 /// A temporary configuration and database for the binary.
 struct Cli {
@@ -21,7 +22,7 @@ impl Cli {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        run_with_config(&self.config, args)
+        run_cli(&self.config, args)
     }
 
     /// Runs a command that must succeed and print JSON.
@@ -60,39 +61,6 @@ impl Cli {
     fn db_path(&self) -> PathBuf {
         self.dir.path().join("data").join("webhookd.db")
     }
-}
-
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rebilly-webhookd"));
-    command.current_dir(env!("CARGO_MANIFEST_DIR"));
-    command.env_remove("RUST_LOG");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("REBILLY_WEBHOOKD") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-fn run_with_config(config: &Path, args: &[&str]) -> Output {
-    binary()
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn ids(items: &[Value]) -> Vec<&str> {
-    items.iter().map(|c| c["id"].as_str().unwrap()).collect()
 }
 
 /// fixtures/README.md: the outcome of each delivery replayed in name order into an empty
@@ -430,7 +398,7 @@ fn a_missing_config_file_fails_with_a_message() {
         &["customers", "list"][..],
         &["replay", "fixtures/deliveries"][..],
     ] {
-        let output = run_with_config(&missing, args);
+        let output = run_cli(&missing, args);
         assert!(!output.status.success(), "{args:?}");
         let message = stderr(&output);
         assert!(!message.trim().is_empty(), "{args:?}: no message");

@@ -1,0 +1,17 @@
+//! Integration tests: the real daemon on port 0 with a temporary database, one module per
+//! concern. One crate, so the library is linked once for all of them.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod auth;
+mod cli;
+mod config;
+mod crash;
+mod handlers;
+mod ingest;
+mod limits;
+mod operations;
+mod projection;
+mod properties;
+mod queries;
