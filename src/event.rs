@@ -590,7 +590,10 @@ mod tests {
         assert_eq!(synced.revision(), Some(Revision(3)));
         let webhook = body(json!({"eventType": "customer-updated", "customerId": "c",
             "_embedded": {"customer": {"id": "c"}}}));
-        assert_eq!(parse_synced(&webhook).unwrap_err().field(), Some("eventType"));
+        assert_eq!(
+            parse_synced(&webhook).unwrap_err().field(),
+            Some("eventType")
+        );
     }
 
     #[test]

@@ -252,7 +252,8 @@ impl Store {
 
     /// The cursor the last sync of `scope` stored, if any.
     pub async fn sync_cursor(&self, scope: String) -> Result<Option<String>, StorageError> {
-        self.read(move |conn| sync_state::cursor(conn, &scope)).await
+        self.read(move |conn| sync_state::cursor(conn, &scope))
+            .await
     }
 
     /// Recomputes the projection from the event log; see `writer::rebuild_projection`.

@@ -1,9 +1,9 @@
 //! The sync source's SQL: one page of fetched snapshots applied together with the cursor that
 //! covers it, in one transaction, and the cursor read back when the next sync starts.
 
+use super::Status;
 use super::StorageError;
 use super::writer::{self, Delivery};
-use super::Status;
 use crate::handlers::projection::CustomerProjection;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 

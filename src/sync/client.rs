@@ -226,9 +226,7 @@ impl RebillyClient {
                 self.backoff.delay(1),
             ))),
             StatusCode::REQUEST_TIMEOUT => Err(Failure::Transient(format!("HTTP {status}"))),
-            status if status.is_server_error() => {
-                Err(Failure::Transient(format!("HTTP {status}")))
-            }
+            status if status.is_server_error() => Err(Failure::Transient(format!("HTTP {status}"))),
             status => {
                 let text = response.text().await.unwrap_or_default();
                 Err(Failure::Fatal(ApiError::Refused {

@@ -11,6 +11,16 @@ pub struct Item {
     pub id: String,
     /// `updatedTime` verbatim, as Rebilly wrote it (it goes back into the filter as is).
     pub updated: Option<String>,
+    pub revision: Option<i64>,
+}
+
+impl Item {
+    /// What identifies this very snapshot: a customer changed twice within one second keeps
+    /// its `updatedTime` but not its revision. Without a revision it is never skipped.
+    fn key(&self) -> Option<String> {
+        self.revision
+            .map(|revision| format!("{}#{revision}", self.id))
+    }
 }
 
 /// Where the walk stands; stored after every applied page.
@@ -18,7 +28,7 @@ pub struct Item {
 pub struct Cursor {
     /// `updatedTime` of the newest customer read; `None` before the first one.
     mark: Option<String>,
-    /// Ids at the mark already read and applied.
+    /// Snapshots (id and revision) at the mark already read and applied.
     seen: BTreeSet<String>,
     /// Customers at the mark read since the walk (re)started the mark's timestamp: the offset,
     /// within the `updatedTime:MARK..` filter, of the next customer to read.
@@ -73,7 +83,10 @@ impl Cursor {
     pub fn request(&self, limit: u32) -> PageRequest {
         let expect = self.last.clone().filter(|_| self.position > 0);
         PageRequest {
-            filter: self.mark.as_ref().map(|mark| format!("updatedTime:{mark}..")),
+            filter: self
+                .mark
+                .as_ref()
+                .map(|mark| format!("updatedTime:{mark}..")),
             offset: if expect.is_some() {
                 self.position - 1
             } else {
@@ -105,11 +118,14 @@ impl Cursor {
             };
         };
         let apply = (start..items.len())
-            .filter(|&i| !(items[i].updated == self.mark && self.seen.contains(&items[i].id)))
+            .filter(|&i| {
+                let already = items[i].key().is_some_and(|key| self.seen.contains(&key));
+                !(items[i].updated == self.mark && already)
+            })
             .collect();
         if last.updated == self.mark {
             self.position += fresh.len() as u64;
-            self.seen.extend(fresh.iter().map(|item| item.id.clone()));
+            self.seen.extend(fresh.iter().filter_map(|item| item.key()));
         } else {
             // The trailing run of the page's newest timestamp begins that timestamp's group:
             // the customer before it is older (or is the overlap, at the old mark).
@@ -117,7 +133,7 @@ impl Cursor {
                 .iter()
                 .rev()
                 .take_while(|item| item.updated == last.updated)
-                .map(|item| item.id.clone())
+                .filter_map(|item| item.key())
                 .collect();
             self.mark = last.updated.clone();
             self.position = fresh
@@ -160,7 +176,10 @@ mod tests {
 
         fn set(&mut self, id: &str, updated: &str) {
             match self.0.iter_mut().find(|item| item.id == id) {
-                Some(item) => item.updated = Some(updated.to_owned()),
+                Some(item) => {
+                    item.updated = Some(updated.to_owned());
+                    item.revision = item.revision.map(|r| r + 1);
+                }
                 None => self.0.push(item(id, updated)),
             }
         }
@@ -170,6 +189,7 @@ mod tests {
         Item {
             id: id.to_owned(),
             updated: Some(updated.to_owned()),
+            revision: Some(1),
         }
     }
 
@@ -206,7 +226,10 @@ mod tests {
             list.set(&format!("a{i:05}"), "2026-01-01T00:00:00Z");
         }
         for i in 0..10 {
-            list.set(&format!("b{i}"), &format!("2026-01-0{}T00:00:00Z", 2 + i % 5));
+            list.set(
+                &format!("b{i}"),
+                &format!("2026-01-0{}T00:00:00Z", 2 + i % 5),
+            );
         }
         let mut cursor = Cursor::default();
         let applied = walk(&mut cursor, &mut list, 100, |_, _| {});
@@ -258,6 +281,16 @@ mod tests {
         let refs: Vec<&Item> = moved.iter().collect();
         assert_eq!(cursor.advance(&next, &refs), Step::Restart);
         assert_eq!(cursor.request(2).offset, 0);
+    }
+
+    #[test]
+    fn a_customer_changed_again_within_the_marks_second_is_read_again() {
+        let mut list = List(vec![item("a", "t1"), item("b", "t2")]);
+        let mut cursor = Cursor::default();
+        walk(&mut cursor, &mut list, 10, |_, _| {});
+        list.set("b", "t2");
+        cursor.rewind();
+        assert_eq!(walk(&mut cursor, &mut list, 10, |_, _| {}), vec!["b"]);
     }
 
     #[test]

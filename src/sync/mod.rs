@@ -51,6 +51,7 @@ impl SyncedSnapshot {
                 .get("updatedTime")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            revision: resource.get("revision").and_then(Value::as_i64),
         };
         let customer_id = resource.get("id").cloned().unwrap_or(Value::Null);
         let envelope = json!({
@@ -268,10 +269,7 @@ async fn walk(
 }
 
 /// The client and options for `settings`, or the key that is missing.
-pub fn prepare(
-    settings: &Settings,
-    full: bool,
-) -> Result<(RebillyClient, SyncOptions), ApiError> {
+pub fn prepare(settings: &Settings, full: bool) -> Result<(RebillyClient, SyncOptions), ApiError> {
     let client = RebillyClient::new(&settings.rebilly, &settings.sync)?;
     let options = SyncOptions {
         scope: scope(settings),
