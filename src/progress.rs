@@ -111,6 +111,13 @@ impl Progress {
         }
     }
 
+    /// Leaves the display as it is after a failure, adding nothing: the error has its own line.
+    pub fn abandon(&self) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.abandon();
+        }
+    }
+
     fn print_line(&self, done: u64, detail: &str) {
         if let Mode::Lines { label, total, .. } = &self.mode {
             match *total.lock().expect("progress lock") {

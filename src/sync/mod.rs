@@ -181,7 +181,11 @@ pub async fn run(
     summary.complete = result.is_ok();
     summary.error = result.as_ref().err().map(ToString::to_string);
     telemetry::record_sync(&summary);
-    progress.finish(summary.fetched, &summary.detail());
+    if summary.complete {
+        progress.finish(summary.fetched, &summary.detail());
+    } else {
+        progress.abandon();
+    }
     (summary, result.err())
 }
 

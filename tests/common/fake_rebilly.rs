@@ -56,6 +56,9 @@ struct Inner {
     /// Called after every page served, with the page's number: data changing between pages.
     after_page: Option<Hook>,
     organization_id: Option<String>,
+    /// The customers in the last requested order, with their parsed `updatedTime`; cleared by
+    /// every change. The fake must stay far faster than what it measures.
+    sorted: Option<(Vec<(String, bool)>, Vec<(Option<OffsetDateTime>, String)>)>,
 }
 
 pub struct FakeRebilly {
@@ -126,11 +129,15 @@ impl FakeRebilly {
 
     pub fn upsert(&self, customer: Value) {
         let id = customer["id"].as_str().unwrap().to_owned();
-        self.inner.lock().unwrap().customers.insert(id, customer);
+        let mut inner = self.inner.lock().unwrap();
+        inner.customers.insert(id, customer);
+        inner.sorted = None;
     }
 
     pub fn remove(&self, id: &str) {
-        self.inner.lock().unwrap().customers.remove(id);
+        let mut inner = self.inner.lock().unwrap();
+        inner.customers.remove(id);
+        inner.sorted = None;
     }
 
     pub fn len(&self) -> usize {
@@ -202,19 +209,31 @@ fn parse_filter(filter: &str) -> Result<(Option<OffsetDateTime>, Option<OffsetDa
     Ok((bound(from)?, bound(to)?))
 }
 
-fn compare(a: &Value, b: &Value, sort: &[(String, bool)]) -> std::cmp::Ordering {
-    for (field, descending) in sort {
-        let ordering = if field == "updatedTime" || field == "createdTime" {
-            let ta = a[field].as_str().and_then(instant);
-            let tb = b[field].as_str().and_then(instant);
-            ta.cmp(&tb)
-        } else {
-            a[field].as_str().cmp(&b[field].as_str())
-        };
+/// One customer's value for one sort field: date-times compare as instants.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum SortKey<'a> {
+    Time(Option<OffsetDateTime>),
+    Text(Option<&'a str>),
+}
+
+fn sort_keys<'a>(customer: &'a Value, sort: &[(String, bool)]) -> Vec<SortKey<'a>> {
+    sort.iter()
+        .map(|(field, _)| {
+            if field == "updatedTime" || field == "createdTime" {
+                SortKey::Time(customer[field].as_str().and_then(instant))
+            } else {
+                SortKey::Text(customer[field].as_str())
+            }
+        })
+        .collect()
+}
+
+fn compare(a: &[SortKey<'_>], b: &[SortKey<'_>], sort: &[(String, bool)]) -> std::cmp::Ordering {
+    for ((ka, kb), (_, descending)) in a.iter().zip(b).zip(sort) {
         let ordering = if *descending {
-            ordering.reverse()
+            ka.cmp(kb).reverse()
         } else {
-            ordering
+            ka.cmp(kb)
         };
         if ordering.is_ne() {
             return ordering;
@@ -309,26 +328,43 @@ async fn list(
                 .collect()
         })
         .unwrap_or_else(|| vec![("id".to_owned(), false)]);
-    let mut matching: Vec<&Value> = state
-        .customers
-        .values()
-        .filter(|c| match range {
+    if state
+        .sorted
+        .as_ref()
+        .is_none_or(|(order, _)| *order != sort)
+    {
+        let mut keyed: Vec<(Vec<SortKey<'_>>, &Value)> = state
+            .customers
+            .values()
+            .map(|c| (sort_keys(c, &sort), c))
+            .collect();
+        keyed.sort_by(|a, b| compare(&a.0, &b.0, &sort));
+        let order = keyed
+            .into_iter()
+            .map(|(_, c)| {
+                let updated = c["updatedTime"].as_str().and_then(instant);
+                (updated, c["id"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect();
+        state.sorted = Some((sort.clone(), order));
+    }
+    let (_, order) = state.sorted.as_ref().unwrap();
+    let matching: Vec<&String> = order
+        .iter()
+        .filter(|(updated, _)| match range {
             None => true,
-            Some((from, to)) => {
-                let Some(updated) = c["updatedTime"].as_str().and_then(instant) else {
-                    return false;
-                };
+            Some((from, to)) => updated.is_some_and(|updated| {
                 from.is_none_or(|f| updated >= f) && to.is_none_or(|t| updated <= t)
-            }
+            }),
         })
+        .map(|(_, id)| id)
         .collect();
-    matching.sort_by(|a, b| compare(a, b, &sort));
     let total = matching.len();
     let page: Vec<Value> = matching
         .into_iter()
         .skip(offset)
         .take(limit)
-        .cloned()
+        .map(|id| state.customers[id].clone())
         .collect();
     log.customers = page.len();
     let number = state.served.len();
@@ -336,6 +372,7 @@ async fn list(
     if let Some(mut hook) = state.after_page.take() {
         hook(number, &mut state.customers);
         state.after_page = Some(hook);
+        state.sorted = None;
     }
     let (remaining, reset) = match exhausted {
         Some(seconds) => (0, seconds),
