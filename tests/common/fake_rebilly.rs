@@ -46,6 +46,8 @@ pub struct Served {
     pub fault: Option<String>,
 }
 
+/// Sort fields, each with `true` when descending.
+type Sort = Vec<(String, bool)>;
 type Hook = Box<dyn FnMut(usize, &mut BTreeMap<String, Value>) + Send>;
 
 #[derive(Default)]
@@ -58,7 +60,7 @@ struct Inner {
     organization_id: Option<String>,
     /// The customers in the last requested order, with their parsed `updatedTime`; cleared by
     /// every change. The fake must stay far faster than what it measures.
-    sorted: Option<(Vec<(String, bool)>, Vec<(Option<OffsetDateTime>, String)>)>,
+    sorted: Option<(Sort, Vec<(Option<OffsetDateTime>, String)>)>,
 }
 
 pub struct FakeRebilly {
@@ -317,7 +319,7 @@ async fn list(
             return problem(StatusCode::BAD_REQUEST, &detail);
         }
     };
-    let sort: Vec<(String, bool)> = params
+    let sort: Sort = params
         .get("sort")
         .map(|s| {
             s.split(',')
