@@ -48,6 +48,8 @@ pub struct Served {
 
 /// Sort fields, each with `true` when descending.
 type Sort = Vec<(String, bool)>;
+/// A customer's place in the sorted list: its parsed `updatedTime` and its id.
+type Listed = (Option<OffsetDateTime>, String);
 type Hook = Box<dyn FnMut(usize, &mut BTreeMap<String, Value>) + Send>;
 
 #[derive(Default)]
@@ -60,7 +62,7 @@ struct Inner {
     organization_id: Option<String>,
     /// The customers in the last requested order, with their parsed `updatedTime`; cleared by
     /// every change. The fake must stay far faster than what it measures.
-    sorted: Option<(Sort, Vec<(Option<OffsetDateTime>, String)>)>,
+    sorted: Option<(Sort, Vec<Listed>)>,
 }
 
 pub struct FakeRebilly {
