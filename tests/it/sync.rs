@@ -386,8 +386,11 @@ const PEOPLE: usize = 4;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Rebilly changes a customer (a new revision, a later updatedTime).
-    Change(usize),
+    /// Rebilly changes a customer (a new revision, a later updatedTime); its list shows the
+    /// change at once, or lags behind until `Publish`.
+    Change(usize, bool),
+    /// The list catches up with the customer's newest revision.
+    Publish(usize),
     /// A webhook for one of the customer's revisions arrives, `back` revisions late.
     Webhook(usize, i64),
     /// A merge of the first customer into the second arrives by webhook.
@@ -399,7 +402,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..PEOPLE).prop_map(Op::Change),
+        3 => (0..PEOPLE, any::<bool>()).prop_map(|(who, listed)| Op::Change(who, listed)),
+        1 => (0..PEOPLE).prop_map(Op::Publish),
         3 => (0..PEOPLE, 0i64..3).prop_map(|(who, back)| Op::Webhook(who, back)),
         1 => (0..PEOPLE, 0..PEOPLE).prop_map(|(a, b)| Op::Merge(a, b)),
         2 => any::<bool>().prop_map(|full| Op::Sync { full }),
@@ -461,12 +465,24 @@ async fn interleave(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     // The highest revision of each customer that reached the daemon, by either source.
     let mut known = [0i64; PEOPLE];
+    // The revision the list shows; webhooks may carry newer ones.
+    let mut listed = [1i64; PEOPLE];
+    // The revision of the snapshot each merge carried for the customer it merged away.
+    let mut merged_snapshot = BTreeMap::new();
     for op in ops {
         match op {
-            Op::Change(who) => {
+            Op::Change(who, publish) => {
                 let snapshot = truth.change(who);
                 // Rebilly deletes a merged-away customer; the list may still lag behind, so
                 // the fake keeps listing it: the worst case for resurrection.
+                if publish {
+                    listed[who] = snapshot["revision"].as_i64().unwrap();
+                    fake.upsert(snapshot);
+                }
+            }
+            Op::Publish(who) => {
+                let snapshot = truth.latest(who).clone();
+                listed[who] = snapshot["revision"].as_i64().unwrap();
                 fake.upsert(snapshot);
             }
             Op::Webhook(who, back) => {
@@ -490,7 +506,9 @@ async fn interleave(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let gone = truth.latest(duplicated).clone();
+                merged_snapshot.insert(duplicated, gone["revision"].as_i64().unwrap());
                 let survivor = truth.change(target);
+                listed[target] = survivor["revision"].as_i64().unwrap();
                 fake.upsert(survivor.clone());
                 let body = serde_json::to_vec(&json!({
                     "eventType": "customer-merged",
@@ -511,7 +529,7 @@ async fn interleave(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(error.is_none(), "{error:?}");
                 for (who, known) in known.iter_mut().enumerate() {
                     if !truth.merged.contains_key(&who) {
-                        *known = (*known).max(truth.revisions[who].len() as i64);
+                        *known = (*known).max(listed[who]);
                     }
                 }
             }
@@ -522,6 +540,8 @@ async fn interleave(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Some(target) => {
                     let served = served.expect("a merged customer stays known");
                     prop_assert_eq!(&served["mergedInto"], &json!(person(*target)));
+                    // Still the snapshot the merge carried: nothing listed later replaces it.
+                    prop_assert_eq!(served["revision"].as_i64(), merged_snapshot.get(&who).copied());
                 }
                 None if expected == 0 => {}
                 None => {
