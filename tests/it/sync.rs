@@ -541,7 +541,10 @@ async fn interleave(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let served = served.expect("a merged customer stays known");
                     prop_assert_eq!(&served["mergedInto"], &json!(person(*target)));
                     // Still the snapshot the merge carried: nothing listed later replaces it.
-                    prop_assert_eq!(served["revision"].as_i64(), merged_snapshot.get(&who).copied());
+                    prop_assert_eq!(
+                        served["revision"].as_i64(),
+                        merged_snapshot.get(&who).copied()
+                    );
                 }
                 None if expected == 0 => {}
                 None => {
@@ -576,4 +579,19 @@ proptest! {
             .unwrap();
         runtime.block_on(interleave(ops))?;
     }
+}
+
+#[tokio::test]
+async fn sync_without_an_api_key_says_which_key_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("webhookd.db");
+    let config = write_config(dir.path(), &common::base_config(&db));
+
+    let output = run_cli_async(&config, &["sync"]).await;
+
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("rebilly.api_key is not set"), "{text}");
+    assert_eq!(text.lines().count(), 1, "one line: {text}");
+    assert!(!db.exists(), "no database is created for nothing");
 }
