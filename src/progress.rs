@@ -18,6 +18,7 @@ enum Mode {
     Bar(ProgressBar),
     Lines {
         label: String,
+        started: Instant,
         // A std Mutex: held only to compare and set an instant, never across an await.
         last: Mutex<Option<Instant>>,
         total: Mutex<Option<u64>>,
@@ -40,6 +41,7 @@ impl Progress {
         Self {
             mode: Mode::Lines {
                 label: label.to_owned(),
+                started: Instant::now(),
                 last: Mutex::new(None),
                 total: Mutex::new(None),
             },
@@ -54,7 +56,7 @@ impl Progress {
     fn bar(label: &str) -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {per_sec} {msg}",
+            "{spinner} {prefix} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
@@ -84,7 +86,7 @@ impl Progress {
                     bar.set_length(done);
                 }
                 bar.set_position(done);
-                bar.set_message(detail.to_owned());
+                bar.set_message(format!("{:.0}/s, {detail}", bar.per_sec()));
             }
             Mode::Lines { last, .. } => {
                 let now = Instant::now();
@@ -119,10 +121,22 @@ impl Progress {
     }
 
     fn print_line(&self, done: u64, detail: &str) {
-        if let Mode::Lines { label, total, .. } = &self.mode {
+        if let Mode::Lines {
+            label,
+            total,
+            started,
+            ..
+        } = &self.mode
+        {
+            let seconds = started.elapsed().as_secs_f64();
+            let rate = if seconds > 0.0 {
+                done as f64 / seconds
+            } else {
+                0.0
+            };
             match *total.lock().expect("progress lock") {
-                Some(total) => eprintln!("{label}: {done}/{total} {detail}"),
-                None => eprintln!("{label}: {done} {detail}"),
+                Some(total) => eprintln!("{label}: {done}/{total}, {rate:.0}/s, {detail}"),
+                None => eprintln!("{label}: {done}, {rate:.0}/s, {detail}"),
             }
         }
     }

@@ -70,10 +70,6 @@ impl SyncedSnapshot {
         &self.item
     }
 
-    pub fn body(&self) -> &Bytes {
-        &self.body
-    }
-
     /// The delivery storage records with the sync source.
     pub(crate) fn into_delivery(self) -> NewDelivery {
         let parsed = event::parse_synced(&self.body);
