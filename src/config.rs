@@ -329,10 +329,19 @@ impl Settings {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid("rebilly.api_url", "must be an http or https URL"));
         }
-        if let Some(key) = &self.rebilly.api_key
-            && key.expose().trim().is_empty()
-        {
-            return Err(invalid("rebilly.api_key", "must not be empty"));
+        if let Some(key) = &self.rebilly.api_key {
+            if key.expose().trim().is_empty() {
+                return Err(invalid("rebilly.api_key", "must not be empty"));
+            }
+            if axum::http::HeaderValue::from_str(key.expose()).is_err() {
+                return Err(invalid("rebilly.api_key", "must be printable ASCII"));
+            }
+        }
+        if axum::http::HeaderValue::from_str(&self.rebilly.organization_id).is_err() {
+            return Err(invalid(
+                "rebilly.organization_id",
+                "must be printable ASCII",
+            ));
         }
         if self.sync.interval_seconds > 0 && self.rebilly.api_key.is_none() {
             return Err(invalid(
@@ -531,6 +540,11 @@ mod tests {
         assert!(error.to_string().contains("sync.page_size"), "{error}");
         let error = load_toml("[rebilly]\napi_url = \"ftp://x\"\n").unwrap_err();
         assert!(error.to_string().contains("rebilly.api_url"), "{error}");
+        let error = load_toml("[rebilly]\norganization_id = \"a\\nb\"\n").unwrap_err();
+        assert!(
+            error.to_string().contains("rebilly.organization_id"),
+            "{error}"
+        );
     }
 
     #[test]
