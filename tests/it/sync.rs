@@ -168,7 +168,7 @@ async fn a_repeated_sync_fetches_only_the_changes_and_logs_nothing_new_without_t
 
     // The log alone rebuilds the same projection.
     let live = local.projection().await;
-    local.store.rebuild_projection().await.unwrap();
+    local.store.rebuild_projection(false).await.unwrap();
     assert_eq!(local.projection().await, live);
 }
 
@@ -559,7 +559,7 @@ async fn interleave(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for who in truth.merged.keys() {
         prop_assert!(!live.contains_key(&person(*who)), "merged away, not listed");
     }
-    local.store.rebuild_projection().await.unwrap();
+    local.store.rebuild_projection(false).await.unwrap();
     prop_assert_eq!(local.projection().await, live, "rebuild equals live");
     local.store.close().await;
     Ok(())
