@@ -1,10 +1,11 @@
-//! The command line: `serve`, `replay`, queries, operator actions and `send`, all thin faces
+//! The command line: `serve`, `replay`, `sync`, queries, operator actions and `send`, all thin faces
 //! over the library. Output is JSON; errors are one line on stderr with a non-zero exit.
 
 use crate::admin;
 use crate::auth::AuthenticatedBody;
 use crate::config::{HandlerSettings, Settings};
 use crate::ingest::{Pipeline, Receipt};
+use crate::progress::Progress;
 use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
 use crate::storage::{Status, Store};
 use crate::{retention, send, server, telemetry};
@@ -63,6 +64,12 @@ enum Command {
         basic: Option<String>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Fetch customers from Rebilly's Customers API into the projection (`[rebilly]`).
+    Sync {
+        /// Read every customer from the beginning instead of resuming from the last sync.
+        #[arg(long)]
+        full: bool,
     },
     /// Exit 0 if the daemon on the configured address answers its health check.
     Healthcheck {
@@ -223,6 +230,7 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
             }
             Ok(exit_code(results.iter().all(send::Sent::succeeded)))
         }
+        Command::Sync { full } => sync(&settings, full).await,
         Command::Healthcheck { ready } => healthcheck(&settings, ready).await,
     }
 }
@@ -439,6 +447,20 @@ async fn replay(settings: &Settings, paths: &[PathBuf]) -> Result<ExitCode, Fail
 fn report(path: &Path, receipt: &Receipt, counts: &mut BTreeMap<&'static str, u64>) {
     println!("{}", describe(path, receipt));
     *counts.entry(receipt.status.as_str()).or_default() += 1;
+}
+
+/// Prints the JSON summary on stdout in every case; a failure also gets its one line on stderr.
+async fn sync(settings: &Settings, full: bool) -> Result<ExitCode, Failure> {
+    let (client, options) = crate::sync::prepare(settings, full)?;
+    let store = Store::open(&settings.storage)?;
+    let progress = Progress::for_command("sync");
+    let (summary, error) = crate::sync::run(&store, &client, &options, &progress).await;
+    store.close().await;
+    print_json(&summary);
+    match error {
+        None => Ok(ExitCode::SUCCESS),
+        Some(error) => Err(Failure(error.to_string())),
+    }
 }
 
 async fn healthcheck(settings: &Settings, ready: bool) -> Result<ExitCode, Failure> {

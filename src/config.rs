@@ -101,6 +101,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub handlers: Vec<HandlerSettings>,
+    pub rebilly: RebillySettings,
+    pub sync: SyncSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +272,47 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// Rebilly's API, read by `sync`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebillySettings {
+    /// Base URL of Rebilly's API: `https://api.rebilly.com`, or the sandbox
+    /// `https://api-sandbox.rebilly.com`.
+    pub api_url: String,
+    /// Secret API key, sent as `REB-APIKEY`; `sync` needs one. Never printed.
+    pub api_key: Option<Secret>,
+    /// Sent as `Organization-Id` when not empty (accounts with several organizations).
+    pub organization_id: String,
+}
+
+/// `sync`: how the Customers API is read, and how often `serve` reconciles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    /// `serve` runs an incremental sync this often, in seconds; 0 never does.
+    pub interval_seconds: u64,
+    /// Customers asked for per page, 2 to 1000 (Rebilly's largest page).
+    pub page_size: u32,
+    /// Longest one API request may take, from connecting to the last byte, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Attempts per page on network errors and 5xx answers before the sync gives up.
+    pub max_attempts: u32,
+    /// First retry delay, in milliseconds; doubles with every failure, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay, in milliseconds (a `429`'s `Retry-After` is honoured as given).
+    pub backoff_max_ms: u64,
+}
+
+impl SyncSettings {
+    pub fn interval(&self) -> Option<Duration> {
+        (self.interval_seconds > 0).then(|| Duration::from_secs(self.interval_seconds))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+}
+
 /// An asynchronous handler, fed from the event log by its own cursor. (`deny_unknown_fields`
 /// does not combine with the flattened `kind`, so unknown keys here are not caught.)
 #[derive(Debug, Clone, Deserialize)]
@@ -404,7 +447,57 @@ impl Settings {
         {
             return Err(invalid("api.token", "must not be empty"));
         }
-        self.validate_handlers()
+        self.validate_handlers()?;
+        self.validate_sync()
+    }
+
+    fn validate_sync(&self) -> Result<(), ConfigError> {
+        let url = reqwest::Url::parse(&self.rebilly.api_url)
+            .map_err(|e| invalid("rebilly.api_url", format!("is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("rebilly.api_url", "must be an http or https URL"));
+        }
+        if let Some(key) = &self.rebilly.api_key {
+            if key.expose().trim().is_empty() {
+                return Err(invalid("rebilly.api_key", "must not be empty"));
+            }
+            if axum::http::HeaderValue::from_str(key.expose()).is_err() {
+                return Err(invalid("rebilly.api_key", "must be printable ASCII"));
+            }
+        }
+        if axum::http::HeaderValue::from_str(&self.rebilly.organization_id).is_err() {
+            return Err(invalid(
+                "rebilly.organization_id",
+                "must be printable ASCII",
+            ));
+        }
+        if self.sync.interval_seconds > 0 && self.rebilly.api_key.is_none() {
+            return Err(invalid(
+                "rebilly.api_key",
+                "is required when sync.interval_seconds is not 0",
+            ));
+        }
+        if !(2..=1000).contains(&self.sync.page_size) {
+            return Err(invalid("sync.page_size", "must be between 2 and 1000"));
+        }
+        if self.sync.request_timeout_seconds == 0 {
+            return Err(invalid(
+                "sync.request_timeout_seconds",
+                "must be greater than 0",
+            ));
+        }
+        if self.sync.max_attempts == 0 {
+            return Err(invalid("sync.max_attempts", "must be greater than 0"));
+        }
+        if self.sync.backoff_initial_ms == 0
+            || self.sync.backoff_max_ms < self.sync.backoff_initial_ms
+        {
+            return Err(invalid(
+                "sync.backoff_initial_ms",
+                "must be greater than 0 and at most sync.backoff_max_ms",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
@@ -678,6 +771,27 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("token-token"), "{printed}");
         assert!(printed.contains("rebilly"));
+    }
+
+    #[test]
+    fn the_rebilly_api_key_is_redacted_and_required_for_scheduled_sync() {
+        let settings = load_toml(
+            "[rebilly]\napi_key = \"sk_live_do-not-print\"\n[sync]\ninterval_seconds = 60\n",
+        )
+        .unwrap();
+        assert_eq!(settings.sync.interval(), Some(Duration::from_secs(60)));
+        assert!(!format!("{settings:?}").contains("do-not-print"));
+        let error = load_toml("[sync]\ninterval_seconds = 60\n").unwrap_err();
+        assert!(error.to_string().contains("rebilly.api_key"), "{error}");
+        let error = load_toml("[sync]\npage_size = 5000\n").unwrap_err();
+        assert!(error.to_string().contains("sync.page_size"), "{error}");
+        let error = load_toml("[rebilly]\napi_url = \"ftp://x\"\n").unwrap_err();
+        assert!(error.to_string().contains("rebilly.api_url"), "{error}");
+        let error = load_toml("[rebilly]\norganization_id = \"a\\nb\"\n").unwrap_err();
+        assert!(
+            error.to_string().contains("rebilly.organization_id"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub async fn run(
         store.clone(),
         stop_rx.clone(),
     );
+    let reconciler = crate::sync::schedule::spawn(&settings, store.clone(), stop_rx.clone());
     let authenticator = Authenticator::new(&settings.auth);
     // The authenticator keeps only hashes of the Basic and Digest passwords: the clear ones
     // need not outlive start-up (a dropped Secret overwrites its bytes).
@@ -133,7 +134,7 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
-    for worker in workers.into_iter().chain(pruner) {
+    for worker in workers.into_iter().chain(pruner).chain(reconciler) {
         let _ = tokio::time::timeout(grace, worker).await;
     }
     store.close().await;

@@ -90,6 +90,16 @@ pub fn projected_revision(conn: &Connection, customer: &str) -> rusqlite::Result
         .flatten())
 }
 
+/// The `source` of events fetched by `sync`; every other event is a webhook delivery.
+pub const SYNC_SOURCE: &str = "sync";
+
+/// Marks a just-inserted event as fetched by `sync`.
+pub fn mark_synced(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE events SET source = ?2 WHERE id = ?1")?
+        .execute(params![id, SYNC_SOURCE])?;
+    Ok(())
+}
+
 /// Claims a dedupe key for `event_id`; returns the event that already owns it, if any.
 pub fn claim_key(conn: &Connection, key: &[u8], event_id: i64) -> rusqlite::Result<Option<i64>> {
     let inserted = conn

@@ -13,6 +13,7 @@ mod events;
 pub mod handler_state;
 mod migrations;
 mod readers;
+mod sync_state;
 #[cfg(test)]
 mod test_support;
 mod writer;
@@ -20,6 +21,7 @@ mod writer;
 pub use customers::CustomerPage;
 pub use events::{EventDetail, EventFilter, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 pub use migrations::MIGRATIONS;
+pub use sync_state::SyncedPage;
 pub use writer::RebuildReport;
 
 use crate::clock::now_ms;
@@ -27,6 +29,7 @@ use crate::config::{HandlerStart, StorageSettings};
 use crate::event::{Event, ParseError};
 use crate::handlers::DispatchedEvent;
 use crate::query::CustomerQuery;
+use crate::sync::SyncedSnapshot;
 use axum::body::Bytes;
 use handler_state::{HandlerStats, Outcome, Work};
 use readers::Readers;
@@ -227,6 +230,33 @@ impl Store {
     {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || shared.readers.with(work)).await?
+    }
+
+    /// Applies a page of snapshots fetched by `sync` through the projection rules, and stores
+    /// `cursor` for `scope` in the same transaction. Only a [`SyncedSnapshot`] reaches the sync
+    /// source. Only snapshots that change the projection, or cannot be used, are recorded in
+    /// the log (with the sync source).
+    pub async fn ingest_synced(
+        &self,
+        scope: String,
+        snapshots: Vec<SyncedSnapshot>,
+        cursor: Option<String>,
+    ) -> Result<SyncedPage, StorageError> {
+        // Parsing, hashing and encoding happen here, on the caller's task, not on the writer.
+        let deliveries: Vec<Delivery> = snapshots
+            .into_iter()
+            .map(|snapshot| Delivery::new(snapshot.into_delivery()))
+            .collect();
+        self.on_writer(move |conn| {
+            sync_state::apply_page(conn, &scope, &deliveries, cursor.as_deref(), now_ms())
+        })
+        .await
+    }
+
+    /// The cursor the last sync of `scope` stored, if any.
+    pub async fn sync_cursor(&self, scope: String) -> Result<Option<String>, StorageError> {
+        self.read(move |conn| sync_state::cursor(conn, &scope))
+            .await
     }
 
     /// Recomputes the projection from the event log; see `writer::rebuild_projection`.

@@ -69,7 +69,7 @@ struct DedupeKeys {
 /// Experian checks have none: each one is kept.
 fn semantic_key(event: &Event) -> Option<[u8; 32]> {
     let text = match event {
-        Event::CustomerCreated(e) | Event::CustomerUpdated(e) => {
+        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
             let revision = e.customer.revision?;
             format!(
                 "{}\n{}\n{}",
@@ -217,6 +217,43 @@ fn ingest_one(
     id: i64,
     delivery: &Delivery,
 ) -> rusqlite::Result<Ingested> {
+    let row = classified_row(conn, projection, id, delivery)?;
+    events::insert(conn, &row)?;
+    Ok(Ingested {
+        event_id: id,
+        status: row.status,
+    })
+}
+
+/// One snapshot fetched by `sync`, in its own savepoint of the page's transaction. It runs the
+/// same dedupe and projection rules as a delivery, but leaves a row only when it changed the
+/// projection (or could not be used): a snapshot the projection already holds is `stale` and
+/// leaves nothing, so that repeated syncs do not fill the log. Rebuild stays equal to live,
+/// because such a snapshot would be stale at the same point of a rebuild too.
+pub(super) fn ingest_synced(
+    tx: &mut rusqlite::Transaction<'_>,
+    projection: &CustomerProjection,
+    id: i64,
+    delivery: &Delivery,
+) -> rusqlite::Result<Status> {
+    let savepoint = tx.savepoint()?;
+    let row = classified_row(&savepoint, projection, id, delivery)?;
+    if matches!(row.status, Status::Applied | Status::Rejected) {
+        events::insert(&savepoint, &row)?;
+        events::mark_synced(&savepoint, id)?;
+        savepoint.commit()?;
+    }
+    // Dropping the savepoint otherwise rolls back its dedupe claims.
+    Ok(row.status)
+}
+
+/// The log row of one delivery, once its dedupe keys are claimed and the projection applied.
+fn classified_row<'a>(
+    conn: &Connection,
+    projection: &CustomerProjection,
+    id: i64,
+    delivery: &'a Delivery,
+) -> rusqlite::Result<EventRow<'a>> {
     let NewDelivery {
         body,
         parsed,
@@ -245,17 +282,15 @@ fn ingest_one(
             }
         }
     }
-    events::insert(conn, &row)?;
-    Ok(Ingested {
-        event_id: id,
-        status: row.status,
-    })
+    Ok(row)
 }
 
 /// Every customer an event touches, each once: handlers hold the event behind all of them.
 fn touched(event: &Event) -> Vec<&str> {
     let mut customers: Vec<&str> = match event {
-        Event::CustomerCreated(e) | Event::CustomerUpdated(e) => vec![e.customer.id.as_str()],
+        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
+            vec![e.customer.id.as_str()]
+        }
         Event::CustomerMerged(e) => std::iter::once(e.duplicated.id.as_str())
             .chain(std::iter::once(e.target_id.as_str()))
             .chain(e.target.iter().map(|t| t.id.as_str()))
@@ -354,14 +389,20 @@ pub fn rebuild_projection(
     let mut report = RebuildReport::default();
     {
         let mut statement = tx.prepare(
-            "SELECT id, body FROM events
+            "SELECT id, body, source FROM events
              WHERE body IS NOT NULL AND status != 'rejected' ORDER BY id",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             let body: Vec<u8> = row.get(1)?;
-            let Ok(event) = crate::event::parse(&body) else {
+            let source: String = row.get(2)?;
+            let parsed = if source == events::SYNC_SOURCE {
+                crate::event::parse_synced(&body)
+            } else {
+                crate::event::parse(&body)
+            };
+            let Ok(event) = parsed else {
                 report.skipped_unparsable.push(id);
                 continue;
             };

@@ -19,4 +19,5 @@ mod projection;
 mod properties;
 mod queries;
 mod retention;
+mod sync;
 mod upgrade;
