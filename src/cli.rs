@@ -1,10 +1,11 @@
-//! The command line: `serve`, `replay`, queries, operator actions and `send`, all thin faces
+//! The command line: `serve`, `replay`, `sync`, queries, operator actions and `send`, all thin faces
 //! over the library. Output is JSON; errors are one line on stderr with a non-zero exit.
 
 use crate::admin;
 use crate::auth::AuthenticatedBody;
-use crate::config::Settings;
+use crate::config::{HandlerSettings, Settings};
 use crate::ingest::{Pipeline, Receipt};
+use crate::progress::Progress;
 use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_query};
 use crate::storage::{Status, Store};
 use crate::{retention, send, server, telemetry};
@@ -63,6 +64,12 @@ enum Command {
         basic: Option<String>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Fetch customers from Rebilly's Customers API into the projection (`[rebilly]`).
+    Sync {
+        /// Read every customer from the beginning instead of resuming from the last sync.
+        #[arg(long)]
+        full: bool,
     },
     /// Exit 0 if the daemon on the configured address answers its health check.
     Healthcheck {
@@ -143,7 +150,11 @@ enum HandlersCommand {
 #[derive(Debug, Subcommand)]
 enum ProjectionCommand {
     /// Recompute the projection from the event log alone.
-    Rebuild,
+    Rebuild {
+        /// Leave out stored bodies that no longer parse (they are listed) instead of failing.
+        #[arg(long)]
+        skip_unparsable: bool,
+    },
 }
 
 /// A failure worth one line on stderr.
@@ -205,11 +216,11 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
             print_json(&serde_json::json!({"handler": name, "redriven": count}));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Projection(ProjectionCommand::Rebuild) => {
+        Command::Projection(ProjectionCommand::Rebuild { skip_unparsable }) => {
             let store = open_existing(&settings)?;
-            let result = store.rebuild_projection().await;
+            let result = store.rebuild_projection(skip_unparsable).await;
             store.close().await;
-            print_json(&serde_json::json!({"replayed": result?}));
+            print_json(&result?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { url, basic, files } => {
@@ -224,6 +235,7 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
             }
             Ok(exit_code(results.iter().all(send::Sent::succeeded)))
         }
+        Command::Sync { full } => sync(&settings, full).await,
         Command::Healthcheck { ready } => healthcheck(&settings, ready).await,
     }
 }
@@ -292,15 +304,14 @@ async fn events(settings: &Settings, command: EventsCommand) -> Result<ExitCode,
         ));
     }
     let store = open_existing(settings)?;
-    let handlers: Vec<String> = settings.handlers.iter().map(|h| h.name.clone()).collect();
-    let result = events_with(&store, &handlers, command).await;
+    let result = events_with(&store, &settings.handlers, command).await;
     store.close().await;
     result
 }
 
 async fn events_with(
     store: &Store,
-    handlers: &[String],
+    handlers: &[HandlerSettings],
     command: EventsCommand,
 ) -> Result<ExitCode, Failure> {
     match command {
@@ -443,6 +454,20 @@ async fn replay(settings: &Settings, paths: &[PathBuf]) -> Result<ExitCode, Fail
 fn report(path: &Path, receipt: &Receipt, counts: &mut BTreeMap<&'static str, u64>) {
     println!("{}", describe(path, receipt));
     *counts.entry(receipt.status.as_str()).or_default() += 1;
+}
+
+/// Prints the JSON summary on stdout in every case; a failure also gets its one line on stderr.
+async fn sync(settings: &Settings, full: bool) -> Result<ExitCode, Failure> {
+    let (client, options) = crate::sync::prepare(settings, full)?;
+    let store = Store::open(&settings.storage)?;
+    let progress = Progress::for_command("sync");
+    let (summary, error) = crate::sync::run(&store, &client, &options, &progress).await;
+    store.close().await;
+    print_json(&summary);
+    match error {
+        None => Ok(ExitCode::SUCCESS),
+        Some(error) => Err(Failure(error.to_string())),
+    }
 }
 
 async fn healthcheck(settings: &Settings, ready: bool) -> Result<ExitCode, Failure> {

@@ -14,6 +14,9 @@ pub const CUSTOMER_CREATED: &str = "customer-created";
 pub const CUSTOMER_UPDATED: &str = "customer-updated";
 pub const CUSTOMER_MERGED: &str = "customer-merged";
 pub const EXPERIAN_CHECK_PERFORMED: &str = "experian-check-performed";
+/// A snapshot fetched from Rebilly's Customers API by `sync`. [`parse`] never yields it, so a
+/// webhook body cannot claim that source; only [`parse_synced`] does.
+pub const CUSTOMER_SYNCED: &str = "customer-synced";
 
 const MAX_CUSTOMER_ID_LEN: usize = 50;
 const MAX_EVENT_TYPE_LEN: usize = 100;
@@ -152,6 +155,8 @@ pub enum Event {
     CustomerUpdated(CustomerChanged),
     CustomerMerged(CustomerMerged),
     ExperianCheckPerformed(ExperianCheck),
+    /// A customer snapshot read from Rebilly's API, not a webhook.
+    CustomerSynced(CustomerChanged),
     /// Any other Rebilly event type: kept in the log, answered `ignored`.
     Other {
         event_type: String,
@@ -165,6 +170,7 @@ impl Event {
             Self::CustomerUpdated(_) => CUSTOMER_UPDATED,
             Self::CustomerMerged(_) => CUSTOMER_MERGED,
             Self::ExperianCheckPerformed(_) => EXPERIAN_CHECK_PERFORMED,
+            Self::CustomerSynced(_) => CUSTOMER_SYNCED,
             Self::Other { event_type } => event_type,
         }
     }
@@ -172,7 +178,9 @@ impl Event {
     /// The customer the event is about (the target, for a merge).
     pub fn customer_id(&self) -> Option<&CustomerId> {
         match self {
-            Self::CustomerCreated(e) | Self::CustomerUpdated(e) => Some(&e.customer.id),
+            Self::CustomerCreated(e) | Self::CustomerUpdated(e) | Self::CustomerSynced(e) => {
+                Some(&e.customer.id)
+            }
             Self::CustomerMerged(e) => Some(&e.target_id),
             Self::ExperianCheckPerformed(e) => Some(&e.customer_id),
             Self::Other { .. } => None,
@@ -182,7 +190,9 @@ impl Event {
     /// The revision recorded in the log: the snapshot's revision the event carries.
     pub fn revision(&self) -> Option<Revision> {
         match self {
-            Self::CustomerCreated(e) | Self::CustomerUpdated(e) => e.customer.revision,
+            Self::CustomerCreated(e) | Self::CustomerUpdated(e) | Self::CustomerSynced(e) => {
+                e.customer.revision
+            }
             Self::CustomerMerged(e) => e.target.as_ref().and_then(|t| t.revision),
             Self::ExperianCheckPerformed(e) => e.customer.as_ref().and_then(|c| c.revision),
             Self::Other { .. } => None,
@@ -235,6 +245,27 @@ pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
         EXPERIAN_CHECK_PERFORMED => experian_check(&mut object).map(Event::ExperianCheckPerformed),
         _ => Ok(Event::Other { event_type }),
     }
+}
+
+/// Parses a snapshot envelope written by `sync` (`eventType` `customer-synced`, the customer
+/// under `_embedded.customer`) into [`Event::CustomerSynced`]. Only bodies stored with the sync
+/// source are read this way, when they are fetched and when the projection is rebuilt.
+pub fn parse_synced(body: &[u8]) -> Result<Event, ParseError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
+    let Value::Object(mut object) = value else {
+        return Err(ParseError::NotAnObject(format!(
+            "expected an object, found {}",
+            json_kind(&value)
+        )));
+    };
+    if event_type(&object)? != CUSTOMER_SYNCED {
+        return Err(ParseError::unusable(
+            "eventType",
+            format!("must be {CUSTOMER_SYNCED} for a synced snapshot"),
+        ));
+    }
+    customer_changed(&mut object).map(Event::CustomerSynced)
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -585,6 +616,30 @@ mod tests {
             Event::Other {
                 event_type: "invoice-paid".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_webhook_body_cannot_claim_the_sync_source() {
+        let envelope = body(json!({
+            "eventType": "customer-synced",
+            "customerId": "cus_1",
+            "_embedded": {"customer": {"id": "cus_1", "revision": 3}}
+        }));
+        assert_eq!(
+            parse(&envelope).unwrap(),
+            Event::Other {
+                event_type: CUSTOMER_SYNCED.into()
+            }
+        );
+        let synced = parse_synced(&envelope).unwrap();
+        assert!(matches!(synced, Event::CustomerSynced(_)));
+        assert_eq!(synced.revision(), Some(Revision(3)));
+        let webhook = body(json!({"eventType": "customer-updated", "customerId": "c",
+            "_embedded": {"customer": {"id": "c"}}}));
+        assert_eq!(
+            parse_synced(&webhook).unwrap_err().field(),
+            Some("eventType")
         );
     }
 

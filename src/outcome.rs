@@ -2,7 +2,7 @@
 //! the event list filters on. It belongs to no layer, so that each can name it.
 
 /// What became of one delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Applied,

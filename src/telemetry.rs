@@ -20,6 +20,10 @@ pub const HANDLER_ATTEMPTS: &str = "rebilly_webhookd_handler_attempts_total";
 pub const HANDLER_BEHIND: &str = "rebilly_webhookd_handler_events_behind";
 pub const HANDLER_PENDING: &str = "rebilly_webhookd_handler_retries_pending";
 pub const HANDLER_DEAD: &str = "rebilly_webhookd_handler_dead_events";
+pub const SYNC_RUNS: &str = "rebilly_webhookd_sync_runs_total";
+pub const SYNC_FAILURES: &str = "rebilly_webhookd_sync_failures_total";
+pub const SYNC_LAST_SUCCESS: &str = "rebilly_webhookd_sync_last_success_timestamp_seconds";
+pub const SYNC_CUSTOMERS: &str = "rebilly_webhookd_sync_customers_total";
 
 /// Delivery outcomes that never reach storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +120,24 @@ pub fn record_queue_depth(depth: usize) {
 
 pub fn record_handler_result(handler: &str, result: &'static str) {
     counter!(HANDLER_ATTEMPTS, "handler" => handler.to_owned(), "result" => result).increment(1);
+}
+
+/// One finished sync run: its customers by outcome, and success or failure.
+pub fn record_sync(summary: &crate::sync::Summary) {
+    counter!(SYNC_RUNS).increment(1);
+    for (outcome, count) in [
+        ("fetched", summary.fetched),
+        ("applied", summary.applied),
+        ("stale", summary.stale),
+        ("rejected", summary.rejected),
+    ] {
+        counter!(SYNC_CUSTOMERS, "outcome" => outcome).increment(count);
+    }
+    if summary.complete {
+        gauge!(SYNC_LAST_SUCCESS).set(crate::clock::now_ms() as f64 / 1000.0);
+    } else {
+        counter!(SYNC_FAILURES).increment(1);
+    }
 }
 
 pub fn record_handler_stats(handler: &str, stats: HandlerStats) {

@@ -110,3 +110,51 @@ async fn metrics_count_every_delivery_outcome() {
         "every webhook request is timed"
     );
 }
+
+/// The scheduled sync is the only sync in this binary, so its metrics are read as absolute
+/// values.
+#[tokio::test]
+async fn the_scheduled_sync_runs_reconciles_and_updates_its_metrics() {
+    use common::fake_rebilly::{FAKE_API_KEY, FakeRebilly, Fault, api_customer, time_at};
+    let fake = FakeRebilly::start().await;
+    for i in 0..150 {
+        fake.upsert(api_customer(&format!("cus_sched_{i:03}"), 1, &time_at(i)));
+    }
+    let config = fake
+        .config(FAKE_API_KEY, 100)
+        .replace("[sync]\n", "[sync]\ninterval_seconds = 1\n");
+    let app = common::spawn_app_with(&config).await;
+    let sample = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        common::metric_value(text, &format!("rebilly_webhookd_sync_{name}"), labels)
+    };
+
+    eventually("the first scheduled sync", || async {
+        let text = metrics_text(&app).await;
+        sample(&text, "last_success_timestamp_seconds", &[]) > 0.0
+    })
+    .await;
+    let text = metrics_text(&app).await;
+    assert!(sample(&text, "customers_total", &[("outcome", "applied")]) >= 150.0);
+    assert!(sample(&text, "customers_total", &[("outcome", "fetched")]) >= 150.0);
+    assert!(sample(&text, "runs_total", &[]) >= 1.0);
+    let response = app.api_get("/customers?limit=0").await;
+    assert_eq!(header(response.headers(), "pagination-total"), "150");
+
+    // A change Rebilly never sent a webhook for arrives by the next run.
+    fake.upsert(api_customer("cus_sched_000", 2, &time_at(1_000)));
+    eventually("the change is reconciled", || async {
+        app.customer("cus_sched_000").await["revision"] == 2
+    })
+    .await;
+    let text = metrics_text(&app).await;
+    assert!(sample(&text, "customers_total", &[("outcome", "applied")]) >= 151.0);
+
+    // A run that cannot reach the API counts as a failure; the daemon keeps serving.
+    fake.fail_next(std::iter::repeat_n(Fault::Status(500), 8));
+    eventually("a failed run is counted", || async {
+        let text = metrics_text(&app).await;
+        sample(&text, "failures_total", &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(app.api_get("/healthz").await.status(), 200);
+}

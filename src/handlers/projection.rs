@@ -48,7 +48,9 @@ impl ProjectionHandler for CustomerProjection {
 
     fn prepare(&self, event: &Event) -> Encoded {
         let customers: Vec<&Customer> = match event {
-            Event::CustomerCreated(e) | Event::CustomerUpdated(e) => vec![&e.customer],
+            Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
+                vec![&e.customer]
+            }
             Event::CustomerMerged(merge) => std::iter::once(&merge.duplicated)
                 .chain(merge.target.as_ref())
                 .collect(),
@@ -66,7 +68,7 @@ impl ProjectionHandler for CustomerProjection {
         encoded: &Encoded,
     ) -> rusqlite::Result<Effect> {
         match event {
-            Event::CustomerCreated(e) | Event::CustomerUpdated(e) => {
+            Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
                 apply_customer_event(conn, event_id, &e.customer, encoded)
             }
             Event::CustomerMerged(merge) => apply_merge(conn, event_id, merge, encoded),

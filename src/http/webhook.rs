@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::problem::Problem;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, RequestHead};
 use crate::event::ParseError;
 use crate::ingest::Receipt;
 use crate::storage::Status;
@@ -11,20 +11,85 @@ use crate::telemetry::{self, Refusal};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// The answer to a delivery that was stored and applied.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delivered {
+    /// The delivery's place in the event log.
+    event_id: i64,
+    /// `applied`, `stale`, `duplicate` or `ignored` (a type this daemon has no handler for);
+    /// a rejected body is answered with a problem document instead.
+    status: Status,
+}
+
+#[utoipa::path(
+    post,
+    path = "/webhooks/rebilly",
+    tag = "webhooks",
+    description = "Receives one Rebilly webhook delivery. The answer is sent once the delivery \
+        is durable and applied. Any body an authenticated sender sent is kept, rejected or not. \
+        The security schemes are the methods a deployment can configure; every configured one \
+        must pass.",
+    request_body(
+        content = super::openapi::WebhookBody,
+        content_type = "application/json",
+        description = "A Rebilly webhook body, read as raw bytes and authenticated before it \
+            is parsed",
+    ),
+    params(
+        ("webhook-id" = Option<String>, Header, nullable = false,
+            description = "Standard Webhooks message id, with `[auth.hmac]`"),
+        ("webhook-timestamp" = Option<i64>, Header, nullable = false,
+            description = "Standard Webhooks timestamp (Unix seconds), with `[auth.hmac]`"),
+    ),
+    security(
+        ("basic" = []),
+        ("digest" = []),
+        ("headerSecret" = []),
+        ("standardWebhooks" = []),
+    ),
+    responses(
+        (status = 200, description = "Stored and applied", body = Delivered),
+        (status = 400, description = "The body is not a JSON object, or could not be read; \
+            kept as rejected when authenticated", body = super::problem::Document,
+            content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials; nothing stored",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String,
+                description = "One challenge per configured method (Basic, Digest)"))),
+        (status = 403, description = "The sender's address is not in `auth.allowed_networks`",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 413, description = "The body exceeds `server.max_body_bytes`; nothing stored",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 422, description = "A known event type whose body cannot be used; kept as \
+            rejected, `field` names the offending field and `eventId` the stored event",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn receive(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = match deliver(&state, peer, &headers, body).await {
+    let head = RequestHead {
+        method: &method,
+        target: uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &headers,
+        peer: peer.ip(),
+    };
+    let response = match deliver(&state, &head, body).await {
         Ok(receipt) => answer(receipt),
         Err(problem) => problem.into_response(),
     };
@@ -33,15 +98,11 @@ pub async fn receive(
     response
 }
 
-async fn deliver(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Receipt, Problem> {
+async fn deliver(state: &AppState, head: &RequestHead<'_>, body: Body) -> Result<Receipt, Problem> {
+    let headers = head.headers;
     state
         .authenticator
-        .check_headers(headers, peer.ip())
+        .check_head(head)
         .map_err(|e| refuse_auth(state, e))?;
     let bytes = read_limited(body, headers, state.max_body_bytes).await?;
     let body = state
@@ -66,10 +127,19 @@ async fn deliver(
     Ok(receipt)
 }
 
+/// The log keeps which check failed; the answer does not say, so that it cannot tell a guesser
+/// which of several configured checks passed.
 fn refuse_auth(state: &AppState, error: AuthError) -> Problem {
-    tracing::info!(reason = %error, "delivery refused");
+    // A Digest client's first request carries no credentials, and one on an expired nonce is
+    // sent again: both are steps of the protocol, not refusals worth a log line or a count.
+    let handshake = error.is_digest_handshake();
+    if handshake {
+        tracing::debug!(reason = %error, "Digest challenge sent");
+    } else {
+        tracing::info!(reason = %error, "delivery refused");
+    }
     match error {
-        AuthError::NetworkNotAllowed => {
+        AuthError::NetworkNotAllowed | AuthError::NoClientAddress => {
             telemetry::record_refusal(Refusal::Forbidden);
             Problem::new(
                 StatusCode::FORBIDDEN,
@@ -78,20 +148,28 @@ fn refuse_auth(state: &AppState, error: AuthError) -> Problem {
                 error.to_string(),
             )
         }
-        AuthError::Basic | AuthError::Header | AuthError::Signature | AuthError::Timestamp => {
-            telemetry::record_refusal(Refusal::Unauthorized);
-            let problem = Problem::unauthorized(error.to_string());
-            if state.authenticator.uses_basic() {
-                problem.with_header(
-                    header::WWW_AUTHENTICATE,
-                    "Basic realm=\"rebilly-webhookd\", charset=\"UTF-8\"",
-                )
-            } else {
-                problem
+        AuthError::Basic
+        | AuthError::Digest(_)
+        | AuthError::Header
+        | AuthError::Signature
+        | AuthError::Timestamp => {
+            if !handshake {
+                telemetry::record_refusal(Refusal::Unauthorized);
             }
+            state
+                .authenticator
+                .challenges(error)
+                .into_iter()
+                .filter_map(|challenge| HeaderValue::try_from(challenge).ok())
+                .fold(
+                    Problem::unauthorized(UNAUTHORIZED_DETAIL),
+                    |problem, value| problem.with_header_value(header::WWW_AUTHENTICATE, value),
+                )
         }
     }
 }
+
+const UNAUTHORIZED_DETAIL: &str = "missing or invalid credentials";
 
 fn too_large(limit: usize) -> Problem {
     telemetry::record_refusal(Refusal::TooLarge);
@@ -127,10 +205,10 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<B
 fn answer(receipt: Receipt) -> Response {
     match (receipt.status, receipt.rejection) {
         (Status::Rejected, Some(error)) => rejection(receipt.event_id, error).into_response(),
-        (status, _) => Json(serde_json::json!({
-            "eventId": receipt.event_id,
-            "status": status.as_str(),
-        }))
+        (status, _) => Json(Delivered {
+            event_id: receipt.event_id,
+            status,
+        })
         .into_response(),
     }
 }

@@ -14,19 +14,25 @@ mod filter_sql;
 pub mod handler_state;
 mod migrations;
 mod readers;
+mod sync_state;
+#[cfg(test)]
+mod test_support;
 mod writer;
 
 /// Re-exported where the log and the writer have always named it.
 pub use crate::outcome::Status;
 pub use customers::CustomerPage;
-pub use events::{EventDetail, EventRecord, HandlerAttempt};
+pub use events::{EventDetail, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 pub use migrations::MIGRATIONS;
+pub use sync_state::SyncedPage;
+pub use writer::RebuildReport;
 
 use crate::clock::now_ms;
-use crate::config::StorageSettings;
+use crate::config::{HandlerStart, StorageSettings};
 use crate::event::{Event, ParseError};
 use crate::handlers::DispatchedEvent;
 use crate::query::{CustomerQuery, EventQuery};
+use crate::sync::SyncedSnapshot;
 use axum::body::Bytes;
 use handler_state::{HandlerStats, Outcome, Work};
 use readers::Readers;
@@ -194,9 +200,40 @@ impl Store {
         tokio::task::spawn_blocking(move || shared.readers.with(work)).await?
     }
 
+    /// Applies a page of snapshots fetched by `sync` through the projection rules, and stores
+    /// `cursor` for `scope` in the same transaction. Only a [`SyncedSnapshot`] reaches the sync
+    /// source. Only snapshots that change the projection, or cannot be used, are recorded in
+    /// the log (with the sync source).
+    pub async fn ingest_synced(
+        &self,
+        scope: String,
+        snapshots: Vec<SyncedSnapshot>,
+        cursor: Option<String>,
+    ) -> Result<SyncedPage, StorageError> {
+        // Parsing, hashing and encoding happen here, on the caller's task, not on the writer.
+        let deliveries: Vec<Delivery> = snapshots
+            .into_iter()
+            .map(|snapshot| Delivery::new(snapshot.into_delivery()))
+            .collect();
+        self.on_writer(move |conn| {
+            sync_state::apply_page(conn, &scope, &deliveries, cursor.as_deref(), now_ms())
+        })
+        .await
+    }
+
+    /// The cursor the last sync of `scope` stored, if any.
+    pub async fn sync_cursor(&self, scope: String) -> Result<Option<String>, StorageError> {
+        self.read(move |conn| sync_state::cursor(conn, &scope))
+            .await
+    }
+
     /// Recomputes the projection from the event log; see `writer::rebuild_projection`.
-    pub async fn rebuild_projection(&self) -> Result<u64, StorageError> {
-        self.on_writer(writer::rebuild_projection).await
+    pub async fn rebuild_projection(
+        &self,
+        skip_unparsable: bool,
+    ) -> Result<RebuildReport, StorageError> {
+        self.on_writer(move |conn| writer::rebuild_projection(conn, skip_unparsable))
+            .await
     }
 
     /// One projected customer, as served (`None` if unknown).
@@ -222,6 +259,16 @@ impl Store {
     /// The raw body of an event (`None` if unknown or pruned).
     pub async fn raw_body(&self, id: i64) -> Result<Option<Vec<u8>>, StorageError> {
         self.read(move |conn| events::raw_body(conn, id)).await
+    }
+
+    /// Gives a handler seen for the first time its starting cursor; returns its cursor.
+    pub async fn start_handler(
+        &self,
+        handler: String,
+        from: HandlerStart,
+    ) -> Result<i64, StorageError> {
+        self.write(move |tx| Ok(handler_state::start(tx, &handler, from)?))
+            .await
     }
 
     /// What a handler has to do now: due retries and new events after its cursor.
@@ -262,15 +309,16 @@ impl Store {
             .await
     }
 
-    /// Clears up to `limit` raw bodies received before `cutoff_ms`, sparing every body that
-    /// one of `handlers` has yet to deliver; returns how many were cleared.
+    /// One step of a pruning pass: looks at up to `limit` bodies received before `cutoff_ms`
+    /// (after `after`) and clears those that neither `handlers` nor the projection still need.
     pub async fn prune_bodies(
         &self,
         cutoff_ms: i64,
-        handlers: Vec<String>,
+        handlers: Vec<(String, HandlerStart)>,
+        after: PruneKey,
         limit: i64,
-    ) -> Result<u64, StorageError> {
-        self.write(move |tx| events::prune_bodies(tx, cutoff_ms, &handlers, limit))
+    ) -> Result<PruneStep, StorageError> {
+        self.write(move |tx| events::prune_bodies(tx, cutoff_ms, &handlers, after, limit))
             .await
     }
 

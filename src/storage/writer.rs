@@ -69,7 +69,7 @@ struct DedupeKeys {
 /// Experian checks have none: each one is kept.
 fn semantic_key(event: &Event) -> Option<[u8; 32]> {
     let text = match event {
-        Event::CustomerCreated(e) | Event::CustomerUpdated(e) => {
+        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
             let revision = e.customer.revision?;
             format!(
                 "{}\n{}\n{}",
@@ -217,6 +217,43 @@ fn ingest_one(
     id: i64,
     delivery: &Delivery,
 ) -> rusqlite::Result<Ingested> {
+    let row = classified_row(conn, projection, id, delivery)?;
+    events::insert(conn, &row)?;
+    Ok(Ingested {
+        event_id: id,
+        status: row.status,
+    })
+}
+
+/// One snapshot fetched by `sync`, in its own savepoint of the page's transaction. It runs the
+/// same dedupe and projection rules as a delivery, but leaves a row only when it changed the
+/// projection (or could not be used): a snapshot the projection already holds is `stale` and
+/// leaves nothing, so that repeated syncs do not fill the log. Rebuild stays equal to live,
+/// because such a snapshot would be stale at the same point of a rebuild too.
+pub(super) fn ingest_synced(
+    tx: &mut rusqlite::Transaction<'_>,
+    projection: &CustomerProjection,
+    id: i64,
+    delivery: &Delivery,
+) -> rusqlite::Result<Status> {
+    let savepoint = tx.savepoint()?;
+    let row = classified_row(&savepoint, projection, id, delivery)?;
+    if matches!(row.status, Status::Applied | Status::Rejected) {
+        events::insert(&savepoint, &row)?;
+        events::mark_synced(&savepoint, id)?;
+        savepoint.commit()?;
+    }
+    // Dropping the savepoint otherwise rolls back its dedupe claims.
+    Ok(row.status)
+}
+
+/// The log row of one delivery, once its dedupe keys are claimed and the projection applied.
+fn classified_row<'a>(
+    conn: &Connection,
+    projection: &CustomerProjection,
+    id: i64,
+    delivery: &'a Delivery,
+) -> rusqlite::Result<EventRow<'a>> {
     let NewDelivery {
         body,
         parsed,
@@ -237,13 +274,35 @@ fn ingest_one(
                 event,
                 &delivery.prepared,
             )?;
+            if row.status == Status::Applied {
+                events::record_customers(conn, id, &touched(event))?;
+                if let Some(customer) = row.customer_id {
+                    row.projected_revision = events::projected_revision(conn, customer)?;
+                }
+            }
         }
     }
-    events::insert(conn, &row)?;
-    Ok(Ingested {
-        event_id: id,
-        status: row.status,
-    })
+    Ok(row)
+}
+
+/// Every customer an event touches, each once: handlers hold the event behind all of them.
+fn touched(event: &Event) -> Vec<&str> {
+    let mut customers: Vec<&str> = match event {
+        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
+            vec![e.customer.id.as_str()]
+        }
+        Event::CustomerMerged(e) => std::iter::once(e.duplicated.id.as_str())
+            .chain(std::iter::once(e.target_id.as_str()))
+            .chain(e.target.iter().map(|t| t.id.as_str()))
+            .collect(),
+        Event::ExperianCheckPerformed(e) => std::iter::once(e.customer_id.as_str())
+            .chain(e.customer.iter().map(|c| c.id.as_str()))
+            .collect(),
+        Event::Other { .. } => Vec::new(),
+    };
+    customers.sort_unstable();
+    customers.dedup();
+    customers
 }
 
 fn reject(row: &mut EventRow<'_>, error: &ParseError) {
@@ -285,45 +344,92 @@ fn classify(
     Ok(())
 }
 
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildReport {
+    /// Events replayed through the projection.
+    pub replayed: u64,
+    /// Events whose stored body no longer parses, left out because the caller allowed it.
+    pub skipped_unparsable: Vec<i64>,
+}
+
 /// Recomputes the projection and the dedupe keys from the event log alone, replaying every
 /// stored body in arrival order through the same rules as live ingest. Statuses in the log are
-/// history and stay as they are. Returns the number of events replayed.
-pub fn rebuild_projection(conn: &mut Connection) -> Result<u64, StorageError> {
+/// history and stay as they are.
+///
+/// Retention keeps every body the projection rests on (see `events::prune_bodies`), so the
+/// replay reproduces the live projection: each customer's current snapshot, latest Experian
+/// check and merge are among the replayed bodies, and an older body that was pruned had been
+/// superseded by one of them. (This holds because rule 2 orders one customer's snapshots
+/// totally when they all carry revisions, as Rebilly's do, or all lack them; a history mixing
+/// both is not transitive, and pruning its middle could let a rebuild order it differently.)
+/// Dedupe keys owned by pruned events cannot be recomputed, so they
+/// are kept as they are: a redelivery of a pruned event stays a duplicate. A body that no
+/// longer parses fails the rebuild (nothing changes) unless `skip_unparsable` allows leaving
+/// it out; either way its id is reported.
+pub fn rebuild_projection(
+    conn: &mut Connection,
+    skip_unparsable: bool,
+) -> Result<RebuildReport, StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let pruned: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM events
-         WHERE body IS NULL AND duplicate_of IS NULL AND status != 'rejected'",
-        [],
-        |r| r.get(0),
-    )?;
-    if pruned > 0 {
+    let missing = events::pruned_foundations(&tx)?;
+    if !missing.is_empty() {
         return Err(StorageError::Incomplete(format!(
-            "{pruned} event bodies were pruned by retention; the projection cannot be rebuilt"
+            "the projection rests on the bodies of events {} and they were pruned; it cannot be \
+             rebuilt",
+            id_list(&missing)
         )));
     }
-    tx.execute_batch("DELETE FROM customers; DELETE FROM dedupe_keys;")?;
+    tx.execute_batch(
+        "DELETE FROM customers;
+         DELETE FROM dedupe_keys WHERE event_id IN (SELECT id FROM events WHERE body IS NOT NULL);",
+    )?;
     let projection = CustomerProjection;
-    let mut replayed = 0;
+    let mut report = RebuildReport::default();
     {
         let mut statement = tx.prepare(
-            "SELECT id, body FROM events
+            "SELECT id, body, source FROM events
              WHERE body IS NOT NULL AND status != 'rejected' ORDER BY id",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             let body: Vec<u8> = row.get(1)?;
-            let Ok(event) = crate::event::parse(&body) else {
+            let source: String = row.get(2)?;
+            let parsed = if source == events::SYNC_SOURCE {
+                crate::event::parse_synced(&body)
+            } else {
+                crate::event::parse(&body)
+            };
+            let Ok(event) = parsed else {
+                report.skipped_unparsable.push(id);
                 continue;
             };
             let (keys, prepared) = prepare(&body, Some(&event));
             let mut scratch = EventRow::new(id, 0, None);
             classify(&tx, &projection, &mut scratch, &keys, &event, &prepared)?;
-            replayed += 1;
+            report.replayed += 1;
         }
     }
+    if !report.skipped_unparsable.is_empty() && !skip_unparsable {
+        // Dropping the transaction rolls back: the projection stays as it was.
+        return Err(StorageError::Incomplete(format!(
+            "the stored bodies of events {} no longer parse; nothing was changed (rebuild \
+             with --skip-unparsable to leave them out)",
+            id_list(&report.skipped_unparsable)
+        )));
+    }
     tx.commit()?;
-    Ok(replayed)
+    Ok(report)
+}
+
+/// Event ids for a message: all of them, as an operator needs each to look it up.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bodies;
+pub mod fake_rebilly;
 pub mod http;
 pub mod process;
 pub mod wait;
