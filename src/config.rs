@@ -293,6 +293,9 @@ pub struct SyncSettings {
     pub interval_seconds: u64,
     /// Customers asked for per page, 2 to 1000 (Rebilly's largest page).
     pub page_size: u32,
+    /// An incremental sync starts this many seconds before where the last one ended, because
+    /// Rebilly's list may show a change later than newer ones; 0 starts exactly at the mark.
+    pub look_back_seconds: u64,
     /// Longest one API request may take, from connecting to the last byte, in seconds.
     pub request_timeout_seconds: u64,
     /// Attempts per page on network errors and 5xx answers before the sync gives up.
