@@ -165,6 +165,10 @@ pub struct StorageSettings {
     pub max_batch: usize,
     /// Raw bodies older than this many days are pruned; 0 keeps them for ever.
     pub retention_days: u64,
+    /// Largest size of the database file, in bytes (rounded down to whole pages; the WAL file
+    /// comes on top). Past it, deliveries are answered 503 until pruning frees room, as on a
+    /// full disk. 0: no cap.
+    pub max_size_bytes: u64,
 }
 
 /// `Debug` is derived: the password is a [`Secret`] and prints redacted.

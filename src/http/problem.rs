@@ -1,9 +1,16 @@
 //! Errors as `application/problem+json` (RFC 9457). Client errors say what to fix and name the
-//! offending field; server errors are opaque and their cause is logged instead.
+//! offending field; server errors are opaque and their cause is logged instead, at most one
+//! line per interval (a failing disk fails every request, and the log is often on it).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::log_limit::{self, LogLimit};
+
+/// Server-side failures logged by requests, each kind at most once per interval.
+static INTERNAL_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
+static STORAGE_UNAVAILABLE: LogLimit = LogLimit::new(log_limit::INTERVAL);
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -93,9 +100,11 @@ impl Problem {
         .with_field(Some(error.parameter.clone()))
     }
 
-    /// An internal failure: logged with its cause, answered without it.
+    /// An internal failure: logged with its cause (rate-limited), answered without it.
     pub fn internal(error: &dyn std::error::Error) -> Self {
-        tracing::error!(error = %error, "request failed");
+        if let Some(suppressed) = INTERNAL_FAILURES.admit() {
+            tracing::error!(error = %error, suppressed, "request failed");
+        }
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -105,13 +114,31 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::unavailable_for(detail, "1")
+    }
+
+    /// 503 with `Retry-After: retry_after` seconds.
+    fn unavailable_for(detail: impl Into<String>, retry_after: &'static str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service Unavailable",
             detail,
         )
-        .with_header(header::RETRY_AFTER, "1")
+        .with_header(header::RETRY_AFTER, retry_after)
+    }
+
+    /// Storage that cannot take a write for now (a full disk, a locked database): nothing was
+    /// stored, and the same request will succeed once the storage does. The cause is logged
+    /// (rate-limited), not answered. Retrying within a second rarely helps, hence the delay.
+    fn storage_unavailable(error: &crate::storage::StorageError) -> Self {
+        if let Some(suppressed) = STORAGE_UNAVAILABLE.admit() {
+            tracing::warn!(error = %error, suppressed, "storage unavailable; answered 503");
+        }
+        Self::unavailable_for(
+            "the daemon cannot store this request right now; nothing was stored, retry later",
+            "5",
+        )
     }
 }
 
@@ -123,12 +150,19 @@ impl From<crate::storage::StorageError> for Problem {
                 Self::unavailable("the daemon is busy; retry after the indicated delay")
             }
             StorageError::WriterGone => Self::unavailable("the daemon is shutting down"),
+            // Which errors pass is decided once, by the storage layer that knows SQLite.
             StorageError::Sqlite(_)
             | StorageError::Migration(_)
             | StorageError::Io(_)
             | StorageError::Join(_)
             | StorageError::Incomplete(_)
-            | StorageError::Commit(_) => Self::internal(&error),
+            | StorageError::Commit { .. } => {
+                if error.is_transient() {
+                    Self::storage_unavailable(&error)
+                } else {
+                    Self::internal(&error)
+                }
+            }
         }
     }
 }

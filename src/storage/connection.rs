@@ -1,8 +1,8 @@
 //! How every SQLite connection is set up.
 
-use crate::config::Synchronous;
+use crate::config::{StorageSettings, Synchronous};
 use rusqlite::{Connection, OpenFlags};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,9 +19,29 @@ fn common(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// What the writer's connection is opened with; kept by the writer, which reopens its
+/// connection if a failed commit leaves it unusable.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// Largest database size in bytes; 0 for no cap.
+    pub max_size_bytes: u64,
+}
+
+impl WriterOptions {
+    pub fn new(settings: &StorageSettings) -> Self {
+        Self {
+            path: settings.path.clone(),
+            synchronous: settings.synchronous,
+            max_size_bytes: settings.max_size_bytes,
+        }
+    }
+}
+
 /// The single writer: WAL, so readers never wait for it, and the durability the operator chose.
-pub fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+pub fn open_writer(options: &WriterOptions) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(&options.path)?;
     common(&conn)?;
     // The writer touches index pages all over the file; a larger cache saves re-reading them.
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
@@ -33,12 +53,27 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Co
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", synchronous_level(synchronous))?;
+    conn.pragma_update(None, "synchronous", synchronous_level(options.synchronous))?;
     // Each delivery runs in its own savepoint: keep the savepoint and statement journals in
     // memory (a few pages per delivery) instead of temporary files, which tripled the bytes
     // the writer wrote.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    cap_size(&conn, options.max_size_bytes)?;
     Ok(conn)
+}
+
+/// Caps the database at `max_bytes` (whole pages; at least its current size, as SQLite never
+/// shrinks the cap below it). Writes past it fail with `SQLITE_FULL`, the error of a full
+/// disk, and take the same path: 503, nothing acknowledged, and writes succeed again once
+/// pruning puts pages back on the free list.
+fn cap_size(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
+    if max_bytes == 0 {
+        return Ok(());
+    }
+    let page_size: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let pages = (max_bytes / page_size.max(1)).max(1);
+    conn.pragma_update(None, "max_page_count", pages)?;
+    Ok(())
 }
 
 fn synchronous_level(synchronous: Synchronous) -> &'static str {

@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 use std::sync::LazyLock;
 
 /// The migrations in order; a database at `user_version` N has run the first N.
-const FILES: [(&str, &str); 3] = [
+const FILES: [(&str, &str); 4] = [
     (
         "0001_event_log.sql",
         include_str!("migrations/0001_event_log.sql"),
@@ -22,6 +22,10 @@ const FILES: [(&str, &str); 3] = [
     (
         "0003_customer_order_and_retention.sql",
         include_str!("migrations/0003_customer_order_and_retention.sql"),
+    ),
+    (
+        "0006_readiness_ballast.sql",
+        include_str!("migrations/0006_readiness_ballast.sql"),
     ),
 ];
 

@@ -70,6 +70,11 @@ impl Status {
     }
 }
 
+/// Bytes the readiness probe writes: more than a typical delivery adds to the log and the
+/// projection together (its body, a snapshot, index entries), so that readiness fails no
+/// later than deliveries do when space runs out.
+pub const PROBE_BYTES: i64 = 16 * 1024;
+
 /// The answer for one committed delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -93,9 +98,86 @@ pub enum StorageError {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Incomplete(String),
-    /// rusqlite errors are not `Clone`: a failed commit reaches every request of its batch as text.
-    #[error("the batch could not be committed: {0}")]
-    Commit(String),
+    /// rusqlite errors are not `Clone`: a failed commit reaches every request of its batch as
+    /// its message and SQLite's code, which is what classifies it.
+    #[error("the batch could not be committed: {message}")]
+    Commit {
+        code: Option<rusqlite::ErrorCode>,
+        message: String,
+    },
+}
+
+impl StorageError {
+    /// A failed batch commit, for every request of the batch.
+    fn commit(error: &rusqlite::Error) -> Self {
+        Self::Commit {
+            code: error.sqlite_error_code(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Whether the same request can succeed later with nothing changed but the state of the
+    /// storage (space freed, a lock released, the queue drained): a sender is told to retry
+    /// (503) rather than that the daemon failed (500). Nothing was stored either way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Overloaded | Self::WriterGone => true,
+            Self::Sqlite(error) => is_transient_code(error.sqlite_error_code()),
+            Self::Commit { code, .. } => is_transient_code(*code),
+            // Only opening the database touches the file system directly.
+            Self::Io(error) => matches!(
+                error.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
+                    | std::io::ErrorKind::ResourceBusy
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            Self::Migration(_) | Self::Join(_) | Self::Incomplete(_) => false,
+        }
+    }
+}
+
+/// SQLite's primary codes for conditions of the storage that pass: a full disk or database
+/// cap, an I/O error while writing (such as a file system briefly unavailable), the database
+/// locked by another process past `busy_timeout`, memory, a file that could not be opened or
+/// was made read-only (an operator fixes these without the sender changing anything). The
+/// others are defects of the request, the schema or the file, and retrying cannot help.
+fn is_transient_code(code: Option<rusqlite::ErrorCode>) -> bool {
+    use rusqlite::ErrorCode as Code;
+    let Some(code) = code else {
+        // Not an error SQLite returned (a type conversion, a missing row): a defect.
+        return false;
+    };
+    match code {
+        Code::DiskFull
+        | Code::SystemIoFailure
+        | Code::DatabaseBusy
+        | Code::DatabaseLocked
+        | Code::OutOfMemory
+        | Code::CannotOpen
+        | Code::ReadOnly
+        | Code::FileLockingProtocolFailed => true,
+        Code::InternalMalfunction
+        | Code::PermissionDenied
+        | Code::OperationAborted
+        | Code::OperationInterrupted
+        | Code::DatabaseCorrupt
+        | Code::NotFound
+        | Code::SchemaChanged
+        | Code::TooBig
+        | Code::ConstraintViolation
+        | Code::TypeMismatch
+        | Code::ApiMisuse
+        | Code::NoLargeFileSupport
+        | Code::AuthorizationForStatementDenied
+        | Code::ParameterOutOfRange
+        | Code::NotADatabase
+        | Code::Unknown => false,
+        // `ErrorCode` is non-exhaustive: a code added by a later SQLite is treated as a defect
+        // until it is classified here.
+        _ => false,
+    }
 }
 
 /// A received body with its parse result, ready for the writer.
@@ -137,14 +219,23 @@ impl Store {
         {
             std::fs::create_dir_all(parent)?;
         }
-        let mut conn = connection::open_writer(&settings.path, settings.synchronous)?;
+        let options = connection::WriterOptions::new(settings);
+        let mut conn = connection::open_writer(&options)?;
         MIGRATIONS.to_latest(&mut conn)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         crate::telemetry::record_log_size(last_id);
         let (committed_tx, committed) = watch::channel(last_id);
         let (commands, receiver) = mpsc::channel(settings.queue_capacity);
-        let writer = writer::spawn(conn, receiver, settings.max_batch, committed_tx)?;
+        let writer = writer::spawn(
+            writer::Setup {
+                conn,
+                options,
+                max_batch: settings.max_batch,
+                committed: committed_tx,
+            },
+            receiver,
+        )?;
         Ok(Self {
             shared: Arc::new(Shared {
                 commands,
@@ -337,14 +428,18 @@ impl Store {
         self.shared.commands.max_capacity() - self.shared.commands.capacity()
     }
 
-    /// Proves the database accepts a write (readiness).
+    /// Proves the database accepts a write the size of a delivery (readiness): a row of
+    /// [`PROBE_BYTES`] inserted before the previous one is deleted, in one committed
+    /// transaction, so that it needs fresh pages and WAL space as a delivery does. Rewriting a
+    /// small row in place succeeded on a disk too full for any delivery.
     pub async fn probe_write(&self) -> Result<(), StorageError> {
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO probe (id, checked_ms) VALUES (1, ?1)
-                 ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms",
-                [crate::clock::now_ms()],
+                "INSERT INTO readiness_ballast (written_ms, ballast) VALUES (?1, randomblob(?2))",
+                (now_ms(), PROBE_BYTES),
             )?;
+            let id = tx.last_insert_rowid();
+            tx.execute("DELETE FROM readiness_ballast WHERE id != ?1", [id])?;
             Ok(())
         })
         .await
