@@ -180,3 +180,46 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageError;
+    use rusqlite::ffi;
+
+    fn sqlite(code: std::ffi::c_int) -> StorageError {
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn a_full_disk_or_a_locked_database_is_503_with_retry_after_not_500() {
+        for error in [
+            sqlite(ffi::SQLITE_FULL),
+            sqlite(ffi::SQLITE_IOERR_WRITE),
+            sqlite(ffi::SQLITE_BUSY),
+            sqlite(ffi::SQLITE_LOCKED),
+            StorageError::Overloaded,
+        ] {
+            let shown = error.to_string();
+            let response = Problem::from(error).into_response();
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{shown}"
+            );
+            assert!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                "{shown}"
+            );
+            assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        }
+    }
+
+    #[test]
+    fn a_defect_is_500_and_its_cause_stays_out_of_the_answer() {
+        let problem = Problem::from(sqlite(ffi::SQLITE_CONSTRAINT));
+        assert_eq!(problem.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!problem.0.detail.contains("constraint"));
+        assert!(problem.0.headers.is_empty());
+    }
+}

@@ -465,3 +465,135 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use rusqlite::ffi;
+
+    fn sqlite(code: std::ffi::c_int) -> StorageError {
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn storage_conditions_that_pass_are_transient_and_defects_are_not() {
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_BUSY_SNAPSHOT,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_NOMEM,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_READONLY,
+        ] {
+            assert!(sqlite(code).is_transient(), "code {code}");
+        }
+        for code in [
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_MISMATCH,
+            ffi::SQLITE_MISUSE,
+            ffi::SQLITE_TOOBIG,
+            ffi::SQLITE_ERROR,
+        ] {
+            assert!(!sqlite(code).is_transient(), "code {code}");
+        }
+        assert!(!StorageError::Sqlite(rusqlite::Error::QueryReturnedNoRows).is_transient());
+        assert!(StorageError::Overloaded.is_transient());
+        assert!(StorageError::WriterGone.is_transient());
+        assert!(!StorageError::Incomplete("pruned".into()).is_transient());
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(StorageError::Io(full).is_transient());
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!StorageError::Io(denied).is_transient());
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_code_that_classifies_it() {
+        let full = rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_FULL), None);
+        let error = StorageError::commit(&full);
+        assert!(error.is_transient());
+        assert!(error.to_string().contains("full"), "{error}");
+        let constraint =
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CONSTRAINT), None);
+        assert!(!StorageError::commit(&constraint).is_transient());
+    }
+
+    fn capped_settings(dir: &std::path::Path, max_size_bytes: u64) -> StorageSettings {
+        StorageSettings {
+            path: dir.join("capped.db"),
+            synchronous: Synchronous::Normal,
+            queue_capacity: 64,
+            max_batch: 16,
+            retention_days: 0,
+            max_size_bytes,
+        }
+    }
+
+    /// A customer snapshot of about 8 KiB, so that each revision needs fresh pages.
+    fn delivery(revision: i64) -> NewDelivery {
+        let notes = format!("{revision:08}").repeat(1024);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "eventType": "customer-updated",
+            "customerId": "cus_full",
+            "_embedded": {"customer": {"id": "cus_full", "revision": revision,
+                "customFields": {"notes": notes}}}
+        }))
+        .unwrap();
+        NewDelivery {
+            parsed: crate::event::parse(&body),
+            body: Bytes::from(body),
+            received_ms: now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_database_fails_deliveries_and_the_probe_then_both_recover_once_room_is_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&capped_settings(dir.path(), 1024 * 1024)).unwrap();
+        let mut acknowledged = Vec::new();
+        let mut revision = 1;
+        let error = loop {
+            match store.ingest(delivery(revision)).await {
+                Ok(ingested) => acknowledged.push(ingested.event_id),
+                Err(error) => break error,
+            }
+            revision += 1;
+            assert!(revision < 1000, "the cap was never reached");
+        };
+        assert!(error.is_transient(), "{error}");
+        assert!(acknowledged.len() > 10, "{}", acknowledged.len());
+        // Full: the writer keeps refusing, and readiness says so, however often it is asked.
+        for _ in 0..3 {
+            assert!(store.ingest(delivery(revision)).await.is_err());
+            let probe = store
+                .probe_write()
+                .await
+                .expect_err("a full database is not ready");
+            assert!(probe.is_transient(), "{probe}");
+        }
+
+        // Pruning the superseded bodies puts their pages on the free list.
+        let step = store
+            .prune_bodies(now_ms() + 1, Vec::new(), (i64::MIN, i64::MIN), 10_000)
+            .await
+            .unwrap();
+        assert!(step.cleared > 5, "{step:?}");
+
+        store.probe_write().await.expect("ready again");
+        let ingested = store.ingest(delivery(revision)).await.expect("flows again");
+        assert_eq!(ingested.status, Status::Applied);
+        for id in acknowledged {
+            assert!(store.event(id).await.unwrap().is_some(), "event {id} lost");
+        }
+        let customer = store.customer("cus_full".into()).await.unwrap().unwrap();
+        assert_eq!(customer["revision"], revision);
+        store.close().await;
+    }
+}

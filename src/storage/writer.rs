@@ -224,7 +224,9 @@ impl Writer {
         }
         match connection::open_writer(&self.options) {
             Ok(conn) => {
-                tracing::warn!("the writer's connection was stuck in a failed transaction; reopened it");
+                tracing::warn!(
+                    "the writer's connection was stuck in a failed transaction; reopened it"
+                );
                 self.conn = conn;
             }
             Err(error) => {
@@ -263,6 +265,10 @@ impl Writer {
                     next_id += 1;
                     answers.push(Ok(ingested));
                 }
+                // A full disk or an I/O error can make SQLite roll back the whole transaction,
+                // savepoints and all: the batch fails with that cause, not with the savepoint
+                // it took along.
+                Err(error) if savepoint.is_autocommit() => return Err(error),
                 Err(error) => {
                     savepoint.rollback()?;
                     if let Some(suppressed) = DELIVERY_FAILURES.admit() {
