@@ -536,6 +536,39 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_transaction_left_open_on_the_writer_is_rolled_back_before_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&capped_settings(dir.path(), 0)).unwrap();
+        // As a commit that failed half-way can leave it: inside a transaction with a write.
+        store
+            .on_writer(|conn| {
+                conn.execute_batch(
+                    "BEGIN IMMEDIATE;
+                     INSERT INTO readiness_ballast (written_ms, ballast) VALUES (0, x'00');",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let ingested = store
+            .ingest(delivery(1))
+            .await
+            .expect("the writer recovered");
+        assert_eq!(ingested.status, Status::Applied);
+        let left: i64 = store
+            .read(|conn| {
+                Ok(conn.query_row("SELECT COUNT(*) FROM readiness_ballast", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            left, 0,
+            "the half-done write was rolled back, not committed"
+        );
+        store.close().await;
+    }
+
     /// A customer snapshot of about 8 KiB, so that each revision needs fresh pages.
     fn delivery(revision: i64) -> NewDelivery {
         let notes = format!("{revision:08}").repeat(1024);
