@@ -279,3 +279,19 @@ async fn on_a_full_file_system_deliveries_get_503_and_flow_again_when_space_retu
     drop(daemon);
     drop(fs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_past_the_busy_timeout_is_503_and_flows_again_once_released() {
+    let app = spawn_app().await;
+    let (first, _) = app.deliver_ok(update(1)).await;
+    // Another process holds the write lock for longer than the writer waits for it.
+    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let response = app.deliver(update(2)).await;
+    expect_storage_refusal(response).await;
+    conn.execute_batch("ROLLBACK").unwrap();
+    let (second, status) = app.deliver_ok(update(2)).await;
+    assert_eq!(status, "applied");
+    assert!(second > first);
+    assert_eq!(app.customer(CUSTOMER).await["revision"], 2);
+}
