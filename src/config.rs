@@ -171,7 +171,7 @@ pub struct StorageSettings {
     pub retention_days: u64,
     /// Largest size of the database file, in bytes (rounded down to whole pages; the WAL file
     /// comes on top). Past it, deliveries are answered 503 until pruning frees room, as on a
-    /// full disk. 0: no cap.
+    /// full disk. 0: no cap (the default); otherwise at least 1 MiB.
     pub max_size_bytes: u64,
 }
 

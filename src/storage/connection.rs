@@ -72,7 +72,16 @@ fn cap_size(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
     }
     let page_size: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
     let pages = (max_bytes / page_size.max(1)).max(1);
-    conn.pragma_update(None, "max_page_count", pages)?;
+    // SQLite answers with the cap it set, never below the current size.
+    let set: u64 = conn.pragma_update_and_check(None, "max_page_count", pages, |r| r.get(0))?;
+    if set > pages {
+        tracing::warn!(
+            size_bytes = set * page_size,
+            max_size_bytes = max_bytes,
+            "the database is already larger than storage.max_size_bytes: deliveries are \
+             refused until pruning frees room"
+        );
+    }
     Ok(())
 }
 
@@ -91,4 +100,39 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     common(&conn)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(path: PathBuf, max_size_bytes: u64) -> WriterOptions {
+        WriterOptions {
+            path,
+            synchronous: Synchronous::Normal,
+            max_size_bytes,
+        }
+    }
+
+    #[test]
+    fn past_the_cap_a_write_fails_as_on_a_full_disk_and_deleting_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("capped.db");
+        let conn = open_writer(&options(path.clone(), 0)).unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB); INSERT INTO t VALUES (zeroblob(2097152));")
+            .unwrap();
+        drop(conn);
+        // A cap below the current size holds the file at its size.
+        let conn = open_writer(&options(path, 1024 * 1024)).unwrap();
+        let error = conn
+            .execute("INSERT INTO t VALUES (zeroblob(65536))", [])
+            .unwrap_err();
+        assert_eq!(
+            error.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DiskFull)
+        );
+        conn.execute("DELETE FROM t", []).unwrap();
+        conn.execute("INSERT INTO t VALUES (zeroblob(65536))", [])
+            .expect("freed pages are reused under the cap");
+    }
 }
