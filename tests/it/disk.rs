@@ -274,6 +274,12 @@ async fn on_a_full_file_system_deliveries_get_503_and_flow_again_when_space_retu
     // The WAL the failed commits touched is sound: a new process sees every acknowledgement.
     daemon.kill();
     drop(daemon);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
     let daemon = Daemon::start(&config);
     assert_acknowledged(&Client::new(&daemon), &acks).await;
     drop(daemon);
