@@ -2,11 +2,10 @@
 //! offending field; server errors are opaque and their cause is logged instead, at most one
 //! line per interval (a failing disk fails every request, and the log is often on it).
 
+use crate::log_limit::{self, LogLimit};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-
-use crate::log_limit::{self, LogLimit};
 
 /// Server-side failures logged by requests, each kind at most once per interval.
 static INTERNAL_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);

@@ -200,7 +200,7 @@ impl Writer {
                         error = %error,
                         batch = size,
                         suppressed,
-                        "writer batch failed to commit; its deliveries were answered 503"
+                        "writer batch failed to commit; none of its deliveries was acknowledged"
                     );
                 }
                 for (delivery, reply) in batch.drain(..) {
