@@ -196,7 +196,7 @@ async fn at_its_size_cap_the_database_refuses_with_503_until_pruning_makes_room(
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// `None` (with the reason) where mounting is not possible: not root, or no `mount`.
+    /// The reason, where mounting is not possible: not root, or no `mount`.
     fn mount(at: PathBuf, size: &str) -> Result<Self, String> {
         std::fs::create_dir_all(&at).unwrap();
         let output = Command::new("mount")
@@ -227,16 +227,11 @@ fn fill_file_system(path: &Path) {
         match file.write(&chunk) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(error) if error.raw_os_error() == Some(libc_enospc()) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::StorageFull => break,
             Err(error) => panic!("filling {}: {error}", path.display()),
         }
     }
     let _ = file.sync_all();
-}
-
-/// ENOSPC on Linux, where tmpfs exists.
-fn libc_enospc() -> i32 {
-    28
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
