@@ -1,11 +1,12 @@
 //! The query and admin endpoints, behind `Authorization: Bearer <api.token>`.
 
 use super::AppState;
+use super::params::PathParam;
 use super::problem::Problem;
 use crate::admin;
 use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -69,9 +70,30 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
     .with_field(Some(unknown[0].to_owned())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/customers/{id}",
+    tag = "customers",
+    description = "The customer as Rebilly last described it (the snapshot of the highest \
+        revision seen), plus `mergedInto` and `experianCheck`.",
+    params(("id" = String, Path, description = "The customer id", example = "cus_alice_01")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The customer", body = super::openapi::Customer),
+        (status = 400, description = "The id is not valid UTF-8",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 404, description = "No such customer",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn get_customer(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     match state.store.customer(id.clone()).await? {
         Some(customer) => Ok(Json(customer)),
@@ -79,6 +101,46 @@ pub async fn get_customer(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/customers",
+    tag = "customers",
+    description = "Customers with Rebilly's list conventions; customers merged away are left \
+        out. A parameter the daemon cannot evaluate is a 400 naming it.",
+    params(
+        ("limit" = Option<u32>, Query, nullable = false, minimum = 0, maximum = 1000,
+            description = "Page size, 0..1000; default 100"),
+        ("offset" = Option<u64>, Query, nullable = false, maximum = 4_294_967_295.0,
+            description = "Customers to skip; default 0"),
+        ("sort" = Option<String>, Query, nullable = false,
+            description = "Rebilly field names separated by `,`; `-` before one for descending"),
+        ("filter" = Option<String>, Query, nullable = false,
+            description = "Rebilly's grammar: `field:value` pairs joined by `;`, `,` between \
+                values, `!` negates, ranges `a..b`, `a..`, `..b`, sub-fields with `.`"),
+        ("q" = Option<String>, Query, nullable = false,
+            description = "Partial text search over names and emails"),
+        ("fields" = Option<String>, Query, nullable = false, min_length = 1,
+            description = "Top-level fields to keep: names of letters, digits and `_`, \
+                separated by `,`"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of customers", body = [super::openapi::Customer],
+            headers(
+                ("Pagination-Total" = u64, description = "How many match in all"),
+                ("Pagination-Limit" = u32, description = "The limit applied"),
+                ("Pagination-Offset" = u64, description = "The offset applied"),
+            )),
+        (status = 400, description = "A query parameter that is unknown or cannot be \
+            evaluated; `field` names it",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn list_customers(
     State(state): State<AppState>,
     Query(mut params): Query<HashMap<String, String>>,
@@ -112,6 +174,41 @@ fn pagination_headers(headers: &mut HeaderMap, total: u64, limit: u32, offset: u
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    description = "The event log, newest first.",
+    params(
+        ("customerId" = Option<String>, Query, nullable = false,
+            description = "Only this customer's events"),
+        ("status" = Option<crate::storage::Status>, Query, nullable = false,
+            description = "Only this outcome"),
+        ("eventType" = Option<String>, Query, nullable = false,
+            description = "Only this Rebilly event type"),
+        ("limit" = Option<u32>, Query, nullable = false, minimum = 0, maximum = 1000,
+            description = "Page size, 0..1000; default 100"),
+        ("offset" = Option<u64>, Query, nullable = false, maximum = 4_294_967_295.0,
+            description = "Events to skip; default 0"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page of events",
+            body = [crate::storage::EventRecord],
+            headers(
+                ("Pagination-Total" = u64, description = "How many match in all"),
+                ("Pagination-Limit" = u32, description = "The limit applied"),
+                ("Pagination-Offset" = u64, description = "The offset applied"),
+            )),
+        (status = 400, description = "A query parameter that is unknown or invalid; `field` \
+            names it", body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn list_events(
     State(state): State<AppState>,
     Query(mut params): Query<HashMap<String, String>>,
@@ -135,9 +232,29 @@ pub async fn list_events(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "events",
+    description = "One event: its record, raw body (null once pruned) and handler state.",
+    params(("id" = i64, Path, description = "The event id", example = 1)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The event", body = crate::storage::EventDetail),
+        (status = 400, description = "The id is not an integer",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 404, description = "No such event",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn get_event(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> Result<Json<crate::storage::EventDetail>, Problem> {
     state
         .store
@@ -147,9 +264,30 @@ pub async fn get_event(
         .ok_or_else(|| Problem::not_found(format!("no event with id {id}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/events/{id}/replay",
+    tag = "operations",
+    description = "Runs a stored body through the pipeline again as a new delivery, under the \
+        same dedupe and revision rules.",
+    params(("id" = i64, Path, description = "The event id", example = 1)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new delivery", body = super::openapi::ReplayReport),
+        (status = 400, description = "The id is not an integer",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 404, description = "No such event, or its body was pruned",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn replay_event(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     match admin::replay_event(&state.pipeline, id).await? {
         Some(receipt) => Ok(Json(admin::replay_report(id, &receipt))),
@@ -159,9 +297,30 @@ pub async fn replay_event(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/handlers/{name}/redrive",
+    tag = "operations",
+    description = "Gives a handler's events marked for an operator back to it.",
+    params(("name" = String, Path, description = "A configured handler's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "How many were given back",
+            body = super::openapi::RedriveReport),
+        (status = 400, description = "The name is not valid UTF-8",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 404, description = "No handler of that name",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn redrive_handler(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     if !state.handler_names.contains(&name) {
         return Err(Problem::not_found(format!("no handler named {name}")));

@@ -3,6 +3,8 @@
 
 mod api;
 mod limit;
+mod openapi;
+mod params;
 pub mod problem;
 mod readiness;
 mod serve;
@@ -75,6 +77,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve_document))
         .merge(api)
         .route_layer(middleware::from_fn_with_state(others, limit::enforce));
     Router::new()
@@ -89,10 +92,34 @@ async fn not_found() -> problem::Problem {
     problem::Problem::not_found("no such endpoint")
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    description = "200 while the process is up. No token needed.",
+    responses(
+        (status = 200, description = "Up", content_type = "text/plain", body = String),
+        (status = 408, response = openapi::Timeout),
+        (status = 503, response = openapi::Busy),
+    ),
+)]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    description = "200 only when the database accepts a write. No token needed.",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String),
+        (status = 408, response = openapi::Timeout),
+        (status = 503, description = "The database does not accept writes, or too many \
+            requests are in progress",
+            body = problem::Document, content_type = "application/problem+json"),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.readiness.check(&state.store).await {
         (StatusCode::OK, "ready\n").into_response()
@@ -107,6 +134,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    description = "Prometheus text format. No token needed.",
+    responses(
+        (status = 200, description = "The metrics",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 408, response = openapi::Timeout),
+        (status = 503, response = openapi::Busy),
+    ),
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     crate::telemetry::record_queue_depth(state.store.queue_depth());
     let text = state.metrics.render();

@@ -17,17 +17,27 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 #[derive(Debug, Clone)]
 pub struct Problem(Box<Document>);
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem document, served as `application/problem+json`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Document {
+#[schema(as = Problem)]
+pub(super) struct Document {
+    /// A URN naming the kind of problem, such as `urn:rebilly-webhookd:problem:invalid-query`.
     #[serde(rename = "type")]
     kind: String,
     title: &'static str,
+    /// The HTTP status of the answer.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What went wrong and, for a client error, what to fix.
     detail: String,
+    /// The offending body field or query parameter, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     field: Option<String>,
+    /// The stored event, when a delivery was kept as rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     event_id: Option<i64>,
     #[serde(skip)]
     headers: Vec<(header::HeaderName, HeaderValue)>,

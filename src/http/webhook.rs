@@ -17,6 +17,63 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// The answer to a delivery that was stored and applied.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delivered {
+    /// The delivery's place in the event log.
+    event_id: i64,
+    /// `applied`, `stale`, `duplicate` or `ignored` (a type this daemon has no handler for);
+    /// a rejected body is answered with a problem document instead.
+    status: Status,
+}
+
+#[utoipa::path(
+    post,
+    path = "/webhooks/rebilly",
+    tag = "webhooks",
+    description = "Receives one Rebilly webhook delivery. The answer is sent once the delivery \
+        is durable and applied. Any body an authenticated sender sent is kept, rejected or not. \
+        The security schemes are the methods a deployment can configure; every configured one \
+        must pass.",
+    request_body(
+        content = super::openapi::WebhookBody,
+        content_type = "application/json",
+        description = "A Rebilly webhook body, read as raw bytes and authenticated before it \
+            is parsed",
+    ),
+    params(
+        ("webhook-id" = Option<String>, Header, nullable = false,
+            description = "Standard Webhooks message id, with `[auth.hmac]`"),
+        ("webhook-timestamp" = Option<i64>, Header, nullable = false,
+            description = "Standard Webhooks timestamp (Unix seconds), with `[auth.hmac]`"),
+    ),
+    security(
+        ("basic" = []),
+        ("digest" = []),
+        ("headerSecret" = []),
+        ("standardWebhooks" = []),
+    ),
+    responses(
+        (status = 200, description = "Stored and applied", body = Delivered),
+        (status = 400, description = "The body is not a JSON object, or could not be read; \
+            kept as rejected when authenticated", body = super::problem::Document,
+            content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials; nothing stored",
+            body = super::problem::Document, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String,
+                description = "One challenge per configured method (Basic, Digest)"))),
+        (status = 403, description = "The sender's address is not in `auth.allowed_networks`",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 408, response = super::openapi::Timeout),
+        (status = 413, description = "The body exceeds `server.max_body_bytes`; nothing stored",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 422, description = "A known event type whose body cannot be used; kept as \
+            rejected, `field` names the offending field and `eventId` the stored event",
+            body = super::problem::Document, content_type = "application/problem+json"),
+        (status = 503, response = super::openapi::Busy),
+    ),
+)]
 pub async fn receive(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -148,10 +205,10 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<B
 fn answer(receipt: Receipt) -> Response {
     match (receipt.status, receipt.rejection) {
         (Status::Rejected, Some(error)) => rejection(receipt.event_id, error).into_response(),
-        (status, _) => Json(serde_json::json!({
-            "eventId": receipt.event_id,
-            "status": status.as_str(),
-        }))
+        (status, _) => Json(Delivered {
+            event_id: receipt.event_id,
+            status,
+        })
         .into_response(),
     }
 }

@@ -106,7 +106,7 @@ pub fn claim_key(conn: &Connection, key: &[u8], event_id: i64) -> rusqlite::Resu
 }
 
 /// An event as the query API lists it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     pub id: i64,
@@ -114,6 +114,7 @@ pub struct EventRecord {
     pub event_type: Option<String>,
     pub customer_id: Option<String>,
     pub revision: Option<i64>,
+    #[schema(value_type = Status)]
     pub status: String,
     pub error: Option<String>,
 }
@@ -187,7 +188,7 @@ pub fn list(
 }
 
 /// One asynchronous handler's state for one event.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HandlerAttempt {
     pub handler: String,
@@ -198,7 +199,7 @@ pub struct HandlerAttempt {
 }
 
 /// Everything known about one event: its record, raw body and handler state.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventDetail {
     #[serde(flatten)]

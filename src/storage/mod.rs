@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use writer::{Command, Delivery, Job};
 
 /// What became of one delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Applied,

@@ -14,6 +14,7 @@ mod edge;
 mod handlers;
 mod ingest;
 mod limits;
+mod openapi;
 mod operations;
 mod projection;
 mod properties;
