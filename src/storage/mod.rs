@@ -70,10 +70,12 @@ impl Status {
     }
 }
 
-/// Bytes the readiness probe writes: more than a typical delivery adds to the log and the
-/// projection together (its body, a snapshot, index entries), so that readiness fails no
-/// later than deliveries do when space runs out.
-pub const PROBE_BYTES: i64 = 16 * 1024;
+/// Bytes the readiness probe writes. A delivery of the fixtures (2 to 4 KiB bodies) appends 7
+/// to 16 pages to the WAL (the event row, its indexes, dedupe keys, the customer and its
+/// indexes); 48 KiB is 12 overflow pages plus the 3 or so the insert and delete touch, as much
+/// as the heaviest of them, so that readiness fails no later than deliveries do when the disk
+/// or the cap runs out (slightly earlier under the cap, which only warns sooner).
+pub const PROBE_BYTES: i64 = 48 * 1024;
 
 /// The answer for one committed delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
