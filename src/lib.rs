@@ -16,6 +16,7 @@ pub mod event;
 pub mod handlers;
 pub mod http;
 pub mod ingest;
+pub mod log_limit;
 pub mod progress;
 pub mod query;
 pub mod retention;

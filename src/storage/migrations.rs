@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 use std::sync::LazyLock;
 
 /// The migrations in order; a database at `user_version` N has run the first N.
-const FILES: [(&str, &str); 4] = [
+const FILES: [(&str, &str); 5] = [
     (
         "0001_event_log.sql",
         include_str!("migrations/0001_event_log.sql"),
@@ -26,6 +26,10 @@ const FILES: [(&str, &str); 4] = [
     (
         "0004_sync_source.sql",
         include_str!("migrations/0004_sync_source.sql"),
+    ),
+    (
+        "0005_readiness_ballast.sql",
+        include_str!("migrations/0005_readiness_ballast.sql"),
     ),
 ];
 
