@@ -84,6 +84,10 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+/// The smallest database cap: below it the schema alone nearly fills it, and a cap that
+/// small is more likely a unit mistaken (MiB for bytes) than a wish.
+const MIN_DATABASE_CAP: u64 = 1024 * 1024;
+
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
@@ -167,6 +171,10 @@ pub struct StorageSettings {
     pub max_batch: usize,
     /// Raw bodies older than this many days are pruned; 0 keeps them for ever.
     pub retention_days: u64,
+    /// Largest size of the database file, in bytes (rounded down to whole pages; the WAL file
+    /// comes on top). Past it, deliveries are answered 503 until pruning frees room, as on a
+    /// full disk. 0: no cap (the default); otherwise at least 1 MiB.
+    pub max_size_bytes: u64,
 }
 
 /// `Debug` is derived: the password is a [`Secret`] and prints redacted.
@@ -293,6 +301,9 @@ pub struct SyncSettings {
     pub interval_seconds: u64,
     /// Customers asked for per page, 2 to 1000 (Rebilly's largest page).
     pub page_size: u32,
+    /// An incremental sync starts this many seconds before where the last one ended, because
+    /// Rebilly's list may show a change later than newer ones; 0 starts exactly at the mark.
+    pub look_back_seconds: u64,
     /// Longest one API request may take, from connecting to the last byte, in seconds.
     pub request_timeout_seconds: u64,
     /// Attempts per page on network errors and 5xx answers before the sync gives up.
@@ -434,6 +445,12 @@ impl Settings {
         }
         if self.storage.max_batch == 0 {
             return Err(invalid("storage.max_batch", "must be greater than 0"));
+        }
+        if (1..MIN_DATABASE_CAP).contains(&self.storage.max_size_bytes) {
+            return Err(invalid(
+                "storage.max_size_bytes",
+                format!("must be 0 (no cap) or at least {MIN_DATABASE_CAP} bytes (1 MiB)"),
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
@@ -758,6 +775,19 @@ mod tests {
             error.to_string().contains("auth.hmac.secrets[0]"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_database_cap_is_none_or_at_least_one_mebibyte() {
+        let error = load_toml("[storage]\nmax_size_bytes = 4096\n").unwrap_err();
+        assert!(
+            error.to_string().contains("storage.max_size_bytes"),
+            "{error}"
+        );
+        for fine in ["0", "1048576", "10737418240"] {
+            let settings = load_toml(&format!("[storage]\nmax_size_bytes = {fine}\n")).unwrap();
+            assert_eq!(settings.storage.max_size_bytes.to_string(), fine);
+        }
     }
 
     #[test]

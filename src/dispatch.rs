@@ -25,6 +25,9 @@ use tokio::sync::watch;
 
 /// Events read per pass.
 const PASS_SIZE: u32 = 256;
+/// Failed passes of every handler, logged at most once per interval.
+static PASS_FAILURES: crate::log_limit::LogLimit =
+    crate::log_limit::LogLimit::new(crate::log_limit::INTERVAL);
 /// Pause after a storage error before the worker tries again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// Longest idle sleep: redrives (by the admin endpoint or by another process, such as
@@ -112,7 +115,11 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(handler = %self.name, error = %error, "handler pass failed");
+                    // Storage errors (a full disk) repeat every pause: one line per interval.
+                    if let Some(suppressed) = PASS_FAILURES.admit() {
+                        tracing::error!(handler = %self.name, error = %error, suppressed,
+                            "handler pass failed");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(ERROR_PAUSE) => {}
                         _ = shutdown.changed() => {}

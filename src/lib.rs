@@ -18,6 +18,7 @@ pub mod event;
 pub mod handlers;
 pub mod http;
 pub mod ingest;
+pub mod log_limit;
 pub mod outcome;
 pub mod progress;
 pub mod query;

@@ -72,6 +72,13 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(%address, database = %settings.storage.path.display(), "listening");
 
+    // Before any delivery can be accepted, so that a new handler starting "now" starts at the
+    // log as it stood when the daemon started, not wherever its worker first ran.
+    for handler in &settings.handlers {
+        store
+            .start_handler(handler.name.clone(), handler.start)
+            .await?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = dispatch::spawn_all(&settings.handlers, &store, stop_rx.clone());
     let handler_names: Vec<String> = settings.handlers.iter().map(|h| h.name.clone()).collect();

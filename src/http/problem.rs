@@ -1,9 +1,15 @@
 //! Errors as `application/problem+json` (RFC 9457). Client errors say what to fix and name the
-//! offending field; server errors are opaque and their cause is logged instead.
+//! offending field; server errors are opaque and their cause is logged instead, at most one
+//! line per interval (a failing disk fails every request, and the log is often on it).
 
+use crate::log_limit::{self, LogLimit};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+/// Server-side failures logged by requests, each kind at most once per interval.
+static INTERNAL_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
+static STORAGE_UNAVAILABLE: LogLimit = LogLimit::new(log_limit::INTERVAL);
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -103,9 +109,11 @@ impl Problem {
         .with_field(Some(error.parameter.clone()))
     }
 
-    /// An internal failure: logged with its cause, answered without it.
+    /// An internal failure: logged with its cause (rate-limited), answered without it.
     pub fn internal(error: &dyn std::error::Error) -> Self {
-        tracing::error!(error = %error, "request failed");
+        if let Some(suppressed) = INTERNAL_FAILURES.admit() {
+            tracing::error!(error = %error, suppressed, "request failed");
+        }
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -115,13 +123,31 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::unavailable_for(detail, "1")
+    }
+
+    /// 503 with `Retry-After: retry_after` seconds.
+    fn unavailable_for(detail: impl Into<String>, retry_after: &'static str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service Unavailable",
             detail,
         )
-        .with_header(header::RETRY_AFTER, "1")
+        .with_header(header::RETRY_AFTER, retry_after)
+    }
+
+    /// Storage that cannot take a write for now (a full disk, a locked database): nothing was
+    /// stored, and the same request will succeed once the storage does. The cause is logged
+    /// (rate-limited), not answered. Retrying within a second rarely helps, hence the delay.
+    fn storage_unavailable(error: &crate::storage::StorageError) -> Self {
+        if let Some(suppressed) = STORAGE_UNAVAILABLE.admit() {
+            tracing::warn!(error = %error, suppressed, "storage unavailable; answered 503");
+        }
+        Self::unavailable_for(
+            "the daemon cannot store this request right now; nothing was stored, retry later",
+            "5",
+        )
     }
 }
 
@@ -133,12 +159,19 @@ impl From<crate::storage::StorageError> for Problem {
                 Self::unavailable("the daemon is busy; retry after the indicated delay")
             }
             StorageError::WriterGone => Self::unavailable("the daemon is shutting down"),
+            // Which errors pass is decided once, by the storage layer that knows SQLite.
             StorageError::Sqlite(_)
             | StorageError::Migration(_)
             | StorageError::Io(_)
             | StorageError::Join(_)
             | StorageError::Incomplete(_)
-            | StorageError::Commit(_) => Self::internal(&error),
+            | StorageError::Commit { .. } => {
+                if error.is_transient() {
+                    Self::storage_unavailable(&error)
+                } else {
+                    Self::internal(&error)
+                }
+            }
         }
     }
 }
@@ -154,5 +187,48 @@ impl IntoResponse for Problem {
             headers.append(name, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageError;
+    use rusqlite::ffi;
+
+    fn sqlite(code: std::ffi::c_int) -> StorageError {
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn a_full_disk_or_a_locked_database_is_503_with_retry_after_not_500() {
+        for error in [
+            sqlite(ffi::SQLITE_FULL),
+            sqlite(ffi::SQLITE_IOERR_WRITE),
+            sqlite(ffi::SQLITE_BUSY),
+            sqlite(ffi::SQLITE_LOCKED),
+            StorageError::Overloaded,
+        ] {
+            let shown = error.to_string();
+            let response = Problem::from(error).into_response();
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{shown}"
+            );
+            assert!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                "{shown}"
+            );
+            assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        }
+    }
+
+    #[test]
+    fn a_defect_is_500_and_its_cause_stays_out_of_the_answer() {
+        let problem = Problem::from(sqlite(ffi::SQLITE_CONSTRAINT));
+        assert_eq!(problem.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!problem.0.detail.contains("constraint"));
+        assert!(problem.0.headers.is_empty());
     }
 }

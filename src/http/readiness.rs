@@ -1,10 +1,15 @@
 //! `/readyz` answers from a probe write, reused for a short while: a probe is a synced write on
 //! the single writer, so probing on every request would let anonymous callers slow deliveries.
-//! Callers that arrive while a probe runs wait for it and share its result.
+//! Callers that arrive while a probe runs wait for it and share its result. The probe writes
+//! as much as a delivery does (see `Store::probe_write`), so a full disk is not ready.
 
+use crate::log_limit::{self, LogLimit};
 use crate::storage::Store;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+
+/// Failed probes, logged at most once per interval: orchestrators probe every few seconds.
+static PROBE_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
 
 #[derive(Debug)]
 pub struct Readiness {
@@ -33,7 +38,9 @@ impl Readiness {
         let ready = match store.probe_write().await {
             Ok(()) => true,
             Err(error) => {
-                tracing::warn!(error = %error, "readiness probe failed");
+                if let Some(suppressed) = PROBE_FAILURES.admit() {
+                    tracing::warn!(error = %error, suppressed, "readiness probe failed");
+                }
                 false
             }
         };

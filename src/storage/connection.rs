@@ -1,8 +1,8 @@
 //! How every SQLite connection is set up.
 
-use crate::config::Synchronous;
+use crate::config::{StorageSettings, Synchronous};
 use rusqlite::{Connection, OpenFlags};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,9 +19,29 @@ fn common(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// What the writer's connection is opened with; kept by the writer, which reopens its
+/// connection if a failed commit leaves it unusable.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// Largest database size in bytes; 0 for no cap.
+    pub max_size_bytes: u64,
+}
+
+impl WriterOptions {
+    pub fn new(settings: &StorageSettings) -> Self {
+        Self {
+            path: settings.path.clone(),
+            synchronous: settings.synchronous,
+            max_size_bytes: settings.max_size_bytes,
+        }
+    }
+}
+
 /// The single writer: WAL, so readers never wait for it, and the durability the operator chose.
-pub fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+pub fn open_writer(options: &WriterOptions) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(&options.path)?;
     common(&conn)?;
     // The writer touches index pages all over the file; a larger cache saves re-reading them.
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
@@ -33,12 +53,36 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Co
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", synchronous_level(synchronous))?;
+    conn.pragma_update(None, "synchronous", synchronous_level(options.synchronous))?;
     // Each delivery runs in its own savepoint: keep the savepoint and statement journals in
     // memory (a few pages per delivery) instead of temporary files, which tripled the bytes
     // the writer wrote.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    cap_size(&conn, options.max_size_bytes)?;
     Ok(conn)
+}
+
+/// Caps the database at `max_bytes` (whole pages; at least its current size, as SQLite never
+/// shrinks the cap below it). Writes past it fail with `SQLITE_FULL`, the error of a full
+/// disk, and take the same path: 503, nothing acknowledged, and writes succeed again once
+/// pruning puts pages back on the free list.
+fn cap_size(conn: &Connection, max_bytes: u64) -> rusqlite::Result<()> {
+    if max_bytes == 0 {
+        return Ok(());
+    }
+    let page_size: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let pages = (max_bytes / page_size.max(1)).max(1);
+    // SQLite answers with the cap it set, never below the current size.
+    let set: u64 = conn.pragma_update_and_check(None, "max_page_count", pages, |r| r.get(0))?;
+    if set > pages {
+        tracing::warn!(
+            size_bytes = set * page_size,
+            max_size_bytes = max_bytes,
+            "the database is already larger than storage.max_size_bytes: deliveries are \
+             refused until pruning frees room"
+        );
+    }
+    Ok(())
 }
 
 fn synchronous_level(synchronous: Synchronous) -> &'static str {
@@ -56,4 +100,39 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     common(&conn)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(path: PathBuf, max_size_bytes: u64) -> WriterOptions {
+        WriterOptions {
+            path,
+            synchronous: Synchronous::Normal,
+            max_size_bytes,
+        }
+    }
+
+    #[test]
+    fn past_the_cap_a_write_fails_as_on_a_full_disk_and_deleting_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("capped.db");
+        let conn = open_writer(&options(path.clone(), 0)).unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB); INSERT INTO t VALUES (zeroblob(2097152));")
+            .unwrap();
+        drop(conn);
+        // A cap below the current size holds the file at its size.
+        let conn = open_writer(&options(path, 1024 * 1024)).unwrap();
+        let error = conn
+            .execute("INSERT INTO t VALUES (zeroblob(65536))", [])
+            .unwrap_err();
+        assert_eq!(
+            error.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DiskFull)
+        );
+        conn.execute("DELETE FROM t", []).unwrap();
+        conn.execute("INSERT INTO t VALUES (zeroblob(65536))", [])
+            .expect("freed pages are reused under the cap");
+    }
 }

@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 use std::sync::LazyLock;
 
 /// The migrations in order; a database at `user_version` N has run the first N.
-const FILES: [(&str, &str); 5] = [
+const FILES: [(&str, &str); 6] = [
     (
         "0001_event_log.sql",
         include_str!("migrations/0001_event_log.sql"),
@@ -28,8 +28,12 @@ const FILES: [(&str, &str); 5] = [
         include_str!("migrations/0004_sync_source.sql"),
     ),
     (
-        "0005_instant_columns.sql",
-        include_str!("migrations/0005_instant_columns.sql"),
+        "0005_readiness_ballast.sql",
+        include_str!("migrations/0005_readiness_ballast.sql"),
+    ),
+    (
+        "0006_instant_columns.sql",
+        include_str!("migrations/0006_instant_columns.sql"),
     ),
 ];
 

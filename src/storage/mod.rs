@@ -41,6 +41,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use writer::{Command, Delivery, Job};
 
+/// Bytes the readiness probe writes. A delivery of the fixtures (2 to 4 KiB bodies) appends 7
+/// to 16 pages to the WAL (the event row, its indexes, dedupe keys, the customer and its
+/// indexes); 48 KiB is 12 overflow pages plus the 3 or so the insert and delete touch, as much
+/// as the heaviest of them, so that readiness fails no later than deliveries do when the disk
+/// or the cap runs out (slightly earlier under the cap, which only warns sooner).
+pub const PROBE_BYTES: i64 = 48 * 1024;
+
 /// The answer for one committed delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -64,9 +71,86 @@ pub enum StorageError {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Incomplete(String),
-    /// rusqlite errors are not `Clone`: a failed commit reaches every request of its batch as text.
-    #[error("the batch could not be committed: {0}")]
-    Commit(String),
+    /// rusqlite errors are not `Clone`: a failed commit reaches every request of its batch as
+    /// its message and SQLite's code, which is what classifies it.
+    #[error("the batch could not be committed: {message}")]
+    Commit {
+        code: Option<rusqlite::ErrorCode>,
+        message: String,
+    },
+}
+
+impl StorageError {
+    /// A failed batch commit, for every request of the batch.
+    fn commit(error: &rusqlite::Error) -> Self {
+        Self::Commit {
+            code: error.sqlite_error_code(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Whether the same request can succeed later with nothing changed but the state of the
+    /// storage (space freed, a lock released, the queue drained): a sender is told to retry
+    /// (503) rather than that the daemon failed (500). Nothing was stored either way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Overloaded | Self::WriterGone => true,
+            Self::Sqlite(error) => is_transient_code(error.sqlite_error_code()),
+            Self::Commit { code, .. } => is_transient_code(*code),
+            // Only opening the database touches the file system directly.
+            Self::Io(error) => matches!(
+                error.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
+                    | std::io::ErrorKind::ResourceBusy
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            Self::Migration(_) | Self::Join(_) | Self::Incomplete(_) => false,
+        }
+    }
+}
+
+/// SQLite's primary codes for conditions of the storage that pass: a full disk or database
+/// cap, an I/O error while writing (such as a file system briefly unavailable), the database
+/// locked by another process past `busy_timeout`, memory, a file that could not be opened or
+/// was made read-only (an operator fixes these without the sender changing anything). The
+/// others are defects of the request, the schema or the file, and retrying cannot help.
+fn is_transient_code(code: Option<rusqlite::ErrorCode>) -> bool {
+    use rusqlite::ErrorCode as Code;
+    let Some(code) = code else {
+        // Not an error SQLite returned (a type conversion, a missing row): a defect.
+        return false;
+    };
+    match code {
+        Code::DiskFull
+        | Code::SystemIoFailure
+        | Code::DatabaseBusy
+        | Code::DatabaseLocked
+        | Code::OutOfMemory
+        | Code::CannotOpen
+        | Code::ReadOnly
+        | Code::FileLockingProtocolFailed => true,
+        Code::InternalMalfunction
+        | Code::PermissionDenied
+        | Code::OperationAborted
+        | Code::OperationInterrupted
+        | Code::DatabaseCorrupt
+        | Code::NotFound
+        | Code::SchemaChanged
+        | Code::TooBig
+        | Code::ConstraintViolation
+        | Code::TypeMismatch
+        | Code::ApiMisuse
+        | Code::NoLargeFileSupport
+        | Code::AuthorizationForStatementDenied
+        | Code::ParameterOutOfRange
+        | Code::NotADatabase
+        | Code::Unknown => false,
+        // `ErrorCode` is non-exhaustive: a code added by a later SQLite is treated as a defect
+        // until it is classified here.
+        _ => false,
+    }
 }
 
 /// A received body with its parse result, ready for the writer.
@@ -108,14 +192,23 @@ impl Store {
         {
             std::fs::create_dir_all(parent)?;
         }
-        let mut conn = connection::open_writer(&settings.path, settings.synchronous)?;
+        let options = connection::WriterOptions::new(settings);
+        let mut conn = connection::open_writer(&options)?;
         MIGRATIONS.to_latest(&mut conn)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         crate::telemetry::record_log_size(last_id);
         let (committed_tx, committed) = watch::channel(last_id);
         let (commands, receiver) = mpsc::channel(settings.queue_capacity);
-        let writer = writer::spawn(conn, receiver, settings.max_batch, committed_tx)?;
+        let writer = writer::spawn(
+            writer::Setup {
+                conn,
+                options,
+                max_batch: settings.max_batch,
+                committed: committed_tx,
+            },
+            receiver,
+        )?;
         Ok(Self {
             shared: Arc::new(Shared {
                 commands,
@@ -332,14 +425,18 @@ impl Store {
         self.shared.commands.max_capacity() - self.shared.commands.capacity()
     }
 
-    /// Proves the database accepts a write (readiness).
+    /// Proves the database accepts a write the size of a delivery (readiness): a row of
+    /// [`PROBE_BYTES`] inserted before the previous one is deleted, in one committed
+    /// transaction, so that it needs fresh pages and WAL space as a delivery does. Rewriting a
+    /// small row in place succeeded on a disk too full for any delivery.
     pub async fn probe_write(&self) -> Result<(), StorageError> {
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO probe (id, checked_ms) VALUES (1, ?1)
-                 ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms",
-                [crate::clock::now_ms()],
+                "INSERT INTO readiness_ballast (written_ms, ballast) VALUES (?1, randomblob(?2))",
+                (now_ms(), PROBE_BYTES),
             )?;
+            let id = tx.last_insert_rowid();
+            tx.execute("DELETE FROM readiness_ballast WHERE id != ?1", [id])?;
             Ok(())
         })
         .await
@@ -363,5 +460,170 @@ impl Store {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use rusqlite::ffi;
+
+    fn sqlite(code: std::ffi::c_int) -> StorageError {
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn storage_conditions_that_pass_are_transient_and_defects_are_not() {
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_BUSY_SNAPSHOT,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_NOMEM,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_READONLY,
+        ] {
+            assert!(sqlite(code).is_transient(), "code {code}");
+        }
+        for code in [
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_MISMATCH,
+            ffi::SQLITE_MISUSE,
+            ffi::SQLITE_TOOBIG,
+            ffi::SQLITE_ERROR,
+        ] {
+            assert!(!sqlite(code).is_transient(), "code {code}");
+        }
+        assert!(!StorageError::Sqlite(rusqlite::Error::QueryReturnedNoRows).is_transient());
+        assert!(StorageError::Overloaded.is_transient());
+        assert!(StorageError::WriterGone.is_transient());
+        assert!(!StorageError::Incomplete("pruned".into()).is_transient());
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(StorageError::Io(full).is_transient());
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!StorageError::Io(denied).is_transient());
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_code_that_classifies_it() {
+        let full = rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_FULL), None);
+        let error = StorageError::commit(&full);
+        assert!(error.is_transient());
+        assert!(error.to_string().contains("full"), "{error}");
+        let constraint =
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CONSTRAINT), None);
+        assert!(!StorageError::commit(&constraint).is_transient());
+    }
+
+    fn capped_settings(dir: &std::path::Path, max_size_bytes: u64) -> StorageSettings {
+        StorageSettings {
+            path: dir.join("capped.db"),
+            synchronous: Synchronous::Normal,
+            queue_capacity: 64,
+            max_batch: 16,
+            retention_days: 0,
+            max_size_bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_on_the_writer_is_rolled_back_before_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&capped_settings(dir.path(), 0)).unwrap();
+        // As a commit that failed half-way can leave it: inside a transaction with a write.
+        store
+            .on_writer(|conn| {
+                conn.execute_batch(
+                    "BEGIN IMMEDIATE;
+                     INSERT INTO readiness_ballast (written_ms, ballast) VALUES (0, x'00');",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let ingested = store
+            .ingest(delivery(1))
+            .await
+            .expect("the writer recovered");
+        assert_eq!(ingested.status, Status::Applied);
+        let left: i64 = store
+            .read(|conn| {
+                Ok(conn.query_row("SELECT COUNT(*) FROM readiness_ballast", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            left, 0,
+            "the half-done write was rolled back, not committed"
+        );
+        store.close().await;
+    }
+
+    /// A customer snapshot of about 8 KiB, so that each revision needs fresh pages.
+    fn delivery(revision: i64) -> NewDelivery {
+        let notes = format!("{revision:08}").repeat(1024);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "eventType": "customer-updated",
+            "customerId": "cus_full",
+            "_embedded": {"customer": {"id": "cus_full", "revision": revision,
+                "customFields": {"notes": notes}}}
+        }))
+        .unwrap();
+        NewDelivery {
+            parsed: crate::event::parse(&body),
+            body: Bytes::from(body),
+            received_ms: now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_database_fails_deliveries_and_the_probe_then_both_recover_once_room_is_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&capped_settings(dir.path(), 1024 * 1024)).unwrap();
+        let mut acknowledged = Vec::new();
+        let mut revision = 1;
+        let error = loop {
+            match store.ingest(delivery(revision)).await {
+                Ok(ingested) => acknowledged.push(ingested.event_id),
+                Err(error) => break error,
+            }
+            revision += 1;
+            assert!(revision < 1000, "the cap was never reached");
+        };
+        assert!(error.is_transient(), "{error}");
+        assert!(acknowledged.len() > 10, "{}", acknowledged.len());
+        // Full: the writer keeps refusing, and readiness says so, however often it is asked.
+        for _ in 0..3 {
+            assert!(store.ingest(delivery(revision)).await.is_err());
+            let probe = store
+                .probe_write()
+                .await
+                .expect_err("a full database is not ready");
+            assert!(probe.is_transient(), "{probe}");
+        }
+
+        // Pruning the superseded bodies puts their pages on the free list.
+        let step = store
+            .prune_bodies(now_ms() + 1, Vec::new(), (i64::MIN, i64::MIN), 10_000)
+            .await
+            .unwrap();
+        assert!(step.cleared > 5, "{step:?}");
+
+        store.probe_write().await.expect("ready again");
+        let ingested = store.ingest(delivery(revision)).await.expect("flows again");
+        assert_eq!(ingested.status, Status::Applied);
+        for id in acknowledged {
+            assert!(store.event(id).await.unwrap().is_some(), "event {id} lost");
+        }
+        let customer = store.customer("cus_full".into()).await.unwrap().unwrap();
+        assert_eq!(customer["revision"], revision);
+        store.close().await;
     }
 }

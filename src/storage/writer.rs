@@ -4,11 +4,19 @@
 //! `max_batch`), runs each delivery in its own savepoint inside one transaction, commits once,
 //! and only then answers every request. An idle writer starts on the first delivery at once: no
 //! request waits for a timer. A delivery that fails rolls back its savepoint alone.
+//!
+//! When storage fails (a full disk, a database capped at `storage.max_size_bytes`, an I/O
+//! error), every request of the batch gets the error and nothing is acknowledged; the writer
+//! makes sure its connection is usable again (reopening it if need be) and takes the next
+//! batch as usual, so deliveries flow again as soon as the storage does. Its error lines are
+//! rate-limited: the log is often on the very disk that is full.
 
+use super::connection::{self, WriterOptions};
 use super::events::{self, EventRow};
 use super::{Ingested, NewDelivery, Status, StorageError};
 use crate::event::{Event, ParseError};
 use crate::handlers::projection::{CustomerProjection, Effect, Encoded, ProjectionHandler};
+use crate::log_limit::{self, LogLimit};
 use crate::telemetry;
 use rusqlite::{Connection, TransactionBehavior};
 use sha2::{Digest, Sha256};
@@ -85,20 +93,35 @@ fn semantic_key(event: &Event) -> Option<[u8; 32]> {
     Some(Sha256::digest(text.as_bytes()).into())
 }
 
+/// Failed batches and failed deliveries, each logged at most once per interval.
+static BATCH_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
+static DELIVERY_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
+static REOPEN_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
+
+/// What the writer thread starts with.
+pub struct Setup {
+    /// The migrated connection.
+    pub conn: Connection,
+    /// How to open it again.
+    pub options: WriterOptions,
+    pub max_batch: usize,
+    pub committed: watch::Sender<i64>,
+}
+
 pub fn spawn(
-    conn: Connection,
+    setup: Setup,
     receiver: mpsc::Receiver<Command>,
-    max_batch: usize,
-    committed: watch::Sender<i64>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
             Writer {
-                conn,
-                max_batch,
-                committed,
+                conn: setup.conn,
+                options: setup.options,
+                max_batch: setup.max_batch,
+                committed: setup.committed,
                 projection: CustomerProjection,
+                failed_batches: 0,
             }
             .run(receiver)
         })
@@ -106,9 +129,12 @@ pub fn spawn(
 
 struct Writer {
     conn: Connection,
+    options: WriterOptions,
     max_batch: usize,
     committed: watch::Sender<i64>,
     projection: CustomerProjection,
+    /// Batches failed since the last one that committed.
+    failed_batches: u64,
 }
 
 impl Writer {
@@ -134,7 +160,10 @@ impl Writer {
                 other => after_batch = Some(other),
             }
             match after_batch {
-                Some(Command::Job(job)) => job(&mut self.conn),
+                Some(Command::Job(job)) => {
+                    job(&mut self.conn);
+                    self.recover();
+                }
                 Some(Command::Stop(job)) => {
                     job(&mut self.conn);
                     break;
@@ -156,11 +185,58 @@ impl Writer {
                     let _ = reply.send((answer, delivery));
                 }
                 self.committed.send_replace(last_id);
+                if self.failed_batches > 0 {
+                    tracing::info!(
+                        failed_batches = self.failed_batches,
+                        "the database accepts writes again"
+                    );
+                    self.failed_batches = 0;
+                }
             }
             Err(error) => {
-                tracing::error!(error = %error, batch = size, "writer batch failed to commit");
+                self.failed_batches += 1;
+                if let Some(suppressed) = BATCH_FAILURES.admit() {
+                    tracing::error!(
+                        error = %error,
+                        batch = size,
+                        suppressed,
+                        "writer batch failed to commit; none of its deliveries was acknowledged"
+                    );
+                }
                 for (delivery, reply) in batch.drain(..) {
-                    let _ = reply.send((Err(StorageError::Commit(error.to_string())), delivery));
+                    let _ = reply.send((Err(StorageError::commit(&error)), delivery));
+                }
+                self.recover();
+            }
+        }
+    }
+
+    /// Leaves the connection ready for the next batch. A failed statement or commit normally
+    /// ends its transaction (rusqlite rolls back on drop), but after a full disk or an I/O
+    /// error SQLite may keep one open; it is rolled back here, and a connection that cannot
+    /// even do that is replaced by a new one.
+    fn recover(&mut self) {
+        if self.conn.is_autocommit() {
+            return;
+        }
+        if self.conn.execute_batch("ROLLBACK").is_ok() && self.conn.is_autocommit() {
+            return;
+        }
+        match connection::open_writer(&self.options) {
+            Ok(conn) => {
+                tracing::warn!(
+                    "the writer's connection was stuck in a failed transaction; reopened it"
+                );
+                self.conn = conn;
+            }
+            Err(error) => {
+                if let Some(suppressed) = REOPEN_FAILURES.admit() {
+                    tracing::error!(
+                        error = %error,
+                        suppressed,
+                        "the writer's connection could not be reopened; trying again with the \
+                         next batch"
+                    );
                 }
             }
         }
@@ -189,9 +265,19 @@ impl Writer {
                     next_id += 1;
                     answers.push(Ok(ingested));
                 }
+                // A full disk or an I/O error can make SQLite roll back the whole transaction,
+                // savepoints and all: the batch fails with that cause, not with the savepoint
+                // it took along.
+                Err(error) if savepoint.is_autocommit() => return Err(error),
                 Err(error) => {
                     savepoint.rollback()?;
-                    tracing::error!(error = %error, "a delivery failed inside its batch");
+                    if let Some(suppressed) = DELIVERY_FAILURES.admit() {
+                        tracing::error!(
+                            error = %error,
+                            suppressed,
+                            "a delivery failed inside its batch"
+                        );
+                    }
                     answers.push(Err(StorageError::Sqlite(error)));
                 }
             }

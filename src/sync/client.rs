@@ -357,6 +357,7 @@ mod tests {
         let sync = SyncSettings {
             interval_seconds: 0,
             page_size: 100,
+            look_back_seconds: 0,
             request_timeout_seconds: 5,
             max_attempts: 3,
             backoff_initial_ms: 10,

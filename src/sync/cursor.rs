@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// What the walk needs of one listed customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,30 @@ impl Cursor {
         self.last = None;
     }
 
+    /// Moves the mark `seconds` back and forgets what was applied at it, so that the walk
+    /// reads again every customer changed in that window. Rebilly's list may show a change
+    /// later than a newer one (it lags behind the resource); such a change has an
+    /// `updatedTime` below the mark and an incremental walk would never meet it otherwise.
+    /// A mark that is not an RFC 3339 time is only rewound.
+    pub fn look_back(&mut self, seconds: u64) {
+        self.rewind();
+        if seconds == 0 {
+            return;
+        }
+        let Some(mark) = self.mark.as_deref() else {
+            return;
+        };
+        let Ok(time) = OffsetDateTime::parse(mark, &Rfc3339) else {
+            return;
+        };
+        let earlier = time.to_offset(time::UtcOffset::UTC)
+            - time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX));
+        if let Ok(text) = earlier.format(&Rfc3339) {
+            self.mark = Some(text);
+            self.seen.clear();
+        }
+    }
+
     /// The next page: from the mark, at the offset within the mark's timestamp, overlapping the
     /// previous page by one customer. `limit` must be at least 2, so a page always moves on.
     pub fn request(&self, limit: u32) -> PageRequest {
@@ -150,6 +176,28 @@ impl Cursor {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn looking_back_moves_the_mark_and_reads_the_window_again() {
+        let mut cursor = super::Cursor {
+            mark: Some("2026-01-01T00:10:00+02:00".into()),
+            seen: ["c#2".to_owned()].into(),
+            position: 7,
+            last: Some("c".into()),
+        };
+        cursor.look_back(300);
+        assert_eq!(cursor.mark(), Some("2025-12-31T22:05:00Z"));
+        assert!(cursor.seen.is_empty());
+        assert_eq!((cursor.position, cursor.last.as_deref()), (0, None));
+        let mut unreadable = super::Cursor {
+            mark: Some("not a time".into()),
+            seen: ["c#2".to_owned()].into(),
+            ..super::Cursor::default()
+        };
+        unreadable.look_back(300);
+        assert_eq!(unreadable.mark(), Some("not a time"));
+        assert_eq!(unreadable.seen.len(), 1, "only rewound");
+    }
+
     use super::*;
 
     /// A list sorted by (updatedTime, id), served the way Rebilly pages it.

@@ -151,6 +151,8 @@ pub struct SyncOptions {
     pub scope: String,
     pub full: bool,
     pub page_size: u32,
+    /// How far before the mark an incremental run starts reading again, in seconds.
+    pub look_back_seconds: u64,
 }
 
 type Applying = Pin<Box<dyn Future<Output = Result<SyncedPage, StorageError>> + Send>>;
@@ -201,8 +203,9 @@ async fn walk(
         }
     };
     // Customers may have joined the mark's timestamp since the last run (when the mark was
-    // "now"): read its group again from the start, skipping those already applied.
-    cursor.rewind();
+    // "now"), and the list may have caught up with changes older than the mark: read the
+    // look-back window again (unchanged snapshots leave no trace).
+    cursor.look_back(options.look_back_seconds);
     summary.mark = cursor.mark().map(str::to_owned);
     // Page N is applied while page N+1 is fetched: the next request depends only on what was
     // fetched, and pages are still applied one after the other, in order.
@@ -275,6 +278,7 @@ pub fn prepare(settings: &Settings, full: bool) -> Result<(RebillyClient, SyncOp
         scope: scope(settings),
         full,
         page_size: settings.sync.page_size,
+        look_back_seconds: settings.sync.look_back_seconds,
     };
     Ok((client, options))
 }

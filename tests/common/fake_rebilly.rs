@@ -118,11 +118,13 @@ impl FakeRebilly {
         Self { url, inner, task }
     }
 
-    /// The `[rebilly]` and `[sync]` tables pointing at this fake, with fast retries.
+    /// The `[rebilly]` and `[sync]` tables pointing at this fake, with fast retries. Syncs start
+    /// exactly at the mark (no look-back), so that tests can count what each run reads.
     pub fn config(&self, api_key: &str, page_size: u32) -> String {
         format!(
             "\n[rebilly]\napi_url = \"{}\"\napi_key = \"{api_key}\"\n\n[sync]\npage_size = {page_size}\n\
-             request_timeout_seconds = 1\nmax_attempts = 4\nbackoff_initial_ms = 10\nbackoff_max_ms = 40\n",
+             request_timeout_seconds = 1\nmax_attempts = 4\nbackoff_initial_ms = 10\nbackoff_max_ms = 40\n\
+             look_back_seconds = 0\n",
             self.url
         )
     }

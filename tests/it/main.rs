@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod crash;
 mod digest;
+mod disk;
 mod edge;
 mod filters;
 mod handlers;

@@ -459,7 +459,9 @@ fn webhook(event_type: &str, customer: &Value) -> Vec<u8> {
 
 async fn interleave(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let fake = FakeRebilly::start().await;
-    let local = Local::new(&fake, FAKE_API_KEY, 2).await;
+    let mut local = Local::new(&fake, FAKE_API_KEY, 2).await;
+    // The list may show a change after newer ones: the look-back window must catch it.
+    local.settings.sync.look_back_seconds = 300;
     let pipeline = Pipeline::new(local.store.clone());
     let mut truth = Truth::new();
     for who in 0..PEOPLE {
