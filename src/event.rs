@@ -227,16 +227,22 @@ impl ParseError {
     }
 }
 
-/// Parses a webhook body into an [`Event`].
-pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
+/// The body as a JSON object, or why it is not one (HTTP 400).
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, ParseError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
-    let Value::Object(mut object) = value else {
-        return Err(ParseError::NotAnObject(format!(
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(ParseError::NotAnObject(format!(
             "expected an object, found {}",
-            json_kind(&value)
-        )));
-    };
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// Parses a webhook body into an [`Event`].
+pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
+    let mut object = json_object(body)?;
     let event_type = event_type(&object)?;
     match event_type.as_str() {
         CUSTOMER_CREATED => customer_changed(&mut object).map(Event::CustomerCreated),
@@ -251,14 +257,7 @@ pub fn parse(body: &[u8]) -> Result<Event, ParseError> {
 /// under `_embedded.customer`) into [`Event::CustomerSynced`]. Only bodies stored with the sync
 /// source are read this way, when they are fetched and when the projection is rebuilt.
 pub fn parse_synced(body: &[u8]) -> Result<Event, ParseError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ParseError::NotAnObject(e.to_string()))?;
-    let Value::Object(mut object) = value else {
-        return Err(ParseError::NotAnObject(format!(
-            "expected an object, found {}",
-            json_kind(&value)
-        )));
-    };
+    let mut object = json_object(body)?;
     if event_type(&object)? != CUSTOMER_SYNCED {
         return Err(ParseError::unusable(
             "eventType",

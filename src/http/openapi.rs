@@ -35,7 +35,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         serve_document,
     ),
     components(
-        responses(Timeout, Busy),
+        responses(Timeout, Busy, Unauthorized),
         schemas(
             super::problem::Document,
             webhook::Delivered,
@@ -255,6 +255,15 @@ pub struct RedriveReport {
 )]
 #[allow(dead_code)] // a response description; never constructed
 pub struct Timeout(super::problem::Document);
+
+#[derive(utoipa::ToResponse)]
+#[response(
+    description = "Missing or invalid bearer token",
+    content_type = "application/problem+json",
+    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+)]
+#[allow(dead_code)] // a response description; never constructed
+pub struct Unauthorized(super::problem::Document);
 
 #[derive(utoipa::ToResponse)]
 #[response(
