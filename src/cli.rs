@@ -218,7 +218,18 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
         }
         Command::Projection(ProjectionCommand::Rebuild { skip_unparsable }) => {
             let store = open_existing(&settings)?;
-            let result = store.rebuild_projection(skip_unparsable).await;
+            let progress = std::sync::Arc::new(Progress::for_command("rebuild"));
+            let reporter = progress.clone();
+            let result = store
+                .rebuild_projection_reporting(skip_unparsable, move |done, total| {
+                    reporter.set_total(total);
+                    reporter.update(done, "events replayed");
+                })
+                .await;
+            match &result {
+                Ok(report) => progress.finish(report.replayed, "events replayed"),
+                Err(_) => progress.abandon(),
+            }
             store.close().await;
             print_json(&result?);
             Ok(ExitCode::SUCCESS)
@@ -358,7 +369,13 @@ async fn events_with(
             older_than_days, ..
         } => {
             let cutoff = retention::cutoff_ms(older_than_days, crate::clock::now_ms());
-            let count = retention::prune_before(store, cutoff, handlers).await?;
+            let progress = Progress::for_command("prune");
+            let count = retention::prune_before(store, cutoff, handlers, &progress).await;
+            match &count {
+                Ok(count) => progress.finish(*count, "bodies cleared"),
+                Err(_) => progress.abandon(),
+            }
+            let count = count?;
             print_json(&serde_json::json!({"pruned": count, "olderThanDays": older_than_days}));
             Ok(ExitCode::SUCCESS)
         }
@@ -416,6 +433,8 @@ async fn replay(settings: &Settings, paths: &[PathBuf]) -> Result<ExitCode, Fail
         Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let mut in_flight = VecDeque::new();
     let mut failed = false;
+    let progress = Progress::for_command("replay");
+    progress.set_total(files.len() as u64);
     for path in files {
         let body = match tokio::fs::read(&path).await {
             Ok(body) => body,
@@ -433,16 +452,17 @@ async fn replay(settings: &Settings, paths: &[PathBuf]) -> Result<ExitCode, Fail
             && let Some((path, answer)) = in_flight.pop_front()
         {
             let receipt = answer.await?;
-            report(&path, &receipt, &mut counts);
+            report(&path, &receipt, &mut counts, &progress);
         }
     }
     while let Some((path, answer)) = in_flight.pop_front() {
         let receipt = answer.await?;
-        report(&path, &receipt, &mut counts);
+        report(&path, &receipt, &mut counts, &progress);
     }
     store.close().await;
     let rejected = counts["rejected"];
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    progress.finish(counts.values().sum(), &summary.join(", "));
     println!(
         "replayed {} bodies: {}",
         counts.values().sum::<u64>(),
@@ -451,9 +471,15 @@ async fn replay(settings: &Settings, paths: &[PathBuf]) -> Result<ExitCode, Fail
     Ok(exit_code(rejected == 0 && !failed))
 }
 
-fn report(path: &Path, receipt: &Receipt, counts: &mut BTreeMap<&'static str, u64>) {
+fn report(
+    path: &Path,
+    receipt: &Receipt,
+    counts: &mut BTreeMap<&'static str, u64>,
+    progress: &Progress,
+) {
     println!("{}", describe(path, receipt));
     *counts.entry(receipt.status.as_str()).or_default() += 1;
+    progress.update(counts.values().sum(), "bodies replayed");
 }
 
 /// Prints the JSON summary on stdout in every case; a failure also gets its one line on stderr.

@@ -56,7 +56,7 @@ impl Progress {
     fn bar(label: &str) -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{spinner} {prefix} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}",
+            "{spinner} {prefix} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} eta {eta} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
@@ -135,9 +135,28 @@ impl Progress {
                 0.0
             };
             match *total.lock().expect("progress lock") {
-                Some(total) => eprintln!("{label}: {done}/{total}, {rate:.0}/s, {detail}"),
+                Some(total) => {
+                    let eta = eta_seconds(done, total, rate)
+                        .map_or_else(|| "unknown".to_owned(), |s| format!("{s}s"));
+                    eprintln!("{label}: {done}/{total}, {rate:.0}/s, eta {eta}, {detail}")
+                }
                 None => eprintln!("{label}: {done}, {rate:.0}/s, {detail}"),
             }
         }
+    }
+}
+
+/// Seconds left at the rate so far, once there is a rate to go by.
+fn eta_seconds(done: u64, total: u64, rate: f64) -> Option<u64> {
+    (rate > 0.0).then(|| (total.saturating_sub(done) as f64 / rate).ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_eta_is_what_is_left_at_the_rate_so_far() {
+        assert_eq!(super::eta_seconds(50, 150, 10.0), Some(10));
+        assert_eq!(super::eta_seconds(150, 150, 10.0), Some(0));
+        assert_eq!(super::eta_seconds(0, 150, 0.0), None);
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::clock::now_ms;
 use crate::config::{HandlerSettings, HandlerStart, StorageSettings};
+use crate::progress::Progress;
 use crate::storage::{StorageError, Store};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -24,10 +25,12 @@ pub fn cutoff_ms(days: u64, now_ms: i64) -> i64 {
 
 /// Clears the raw bodies of events received before `cutoff_ms`, except those the asynchronous
 /// `handlers` still have to deliver and those the projection rests on; returns how many.
+/// `progress` counts the bodies cleared so far.
 pub async fn prune_before(
     store: &Store,
     cutoff_ms: i64,
     handlers: &[HandlerSettings],
+    progress: &Progress,
 ) -> Result<u64, StorageError> {
     let handlers: Vec<(String, HandlerStart)> =
         handlers.iter().map(|h| (h.name.clone(), h.start)).collect();
@@ -38,6 +41,7 @@ pub async fn prune_before(
             .prune_bodies(cutoff_ms, handlers.clone(), after, PRUNE_BATCH)
             .await?;
         total += step.cleared;
+        progress.update(total, "bodies cleared");
         match step.last {
             Some(last) if step.examined == PRUNE_BATCH as u64 => after = last,
             _ => return Ok(total),
@@ -59,8 +63,9 @@ pub fn spawn(
         return None;
     }
     Some(tokio::spawn(async move {
+        let hidden = Progress::hidden();
         loop {
-            match prune_before(&store, cutoff_ms(days, now_ms()), &handlers).await {
+            match prune_before(&store, cutoff_ms(days, now_ms()), &handlers, &hidden).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, days, "pruned raw bodies past retention"),
                 Err(error) => tracing::error!(error = %error, "pruning failed"),

@@ -325,7 +325,18 @@ impl Store {
         &self,
         skip_unparsable: bool,
     ) -> Result<RebuildReport, StorageError> {
-        self.on_writer(move |conn| writer::rebuild_projection(conn, skip_unparsable))
+        self.rebuild_projection_reporting(skip_unparsable, |_, _| {})
+            .await
+    }
+
+    /// [`Store::rebuild_projection`], telling `progress` (events replayed, events to replay)
+    /// as it goes, from the writer thread.
+    pub async fn rebuild_projection_reporting(
+        &self,
+        skip_unparsable: bool,
+        progress: impl Fn(u64, u64) + Send + 'static,
+    ) -> Result<RebuildReport, StorageError> {
+        self.on_writer(move |conn| writer::rebuild_projection(conn, skip_unparsable, &progress))
             .await
     }
 

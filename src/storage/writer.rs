@@ -430,6 +430,9 @@ fn classify(
     Ok(())
 }
 
+/// Events replayed between two progress reports of a rebuild.
+const REBUILD_PROGRESS_EVERY: u64 = 1024;
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -454,9 +457,11 @@ pub struct RebuildReport {
 /// are kept as they are: a redelivery of a pruned event stays a duplicate. A body that no
 /// longer parses fails the rebuild (nothing changes) unless `skip_unparsable` allows leaving
 /// it out; either way its id is reported.
+/// `progress` is told (events replayed, events to replay) as the replay goes.
 pub fn rebuild_projection(
     conn: &mut Connection,
     skip_unparsable: bool,
+    progress: &dyn Fn(u64, u64),
 ) -> Result<RebuildReport, StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let missing = events::pruned_foundations(&tx)?;
@@ -473,6 +478,12 @@ pub fn rebuild_projection(
     )?;
     let projection = CustomerProjection;
     let mut report = RebuildReport::default();
+    let to_replay: u64 = tx.query_row(
+        "SELECT COUNT(*) FROM events WHERE body IS NOT NULL AND status != 'rejected'",
+        [],
+        |r| r.get(0),
+    )?;
+    progress(0, to_replay);
     {
         let mut statement = tx.prepare(
             "SELECT id, body, source FROM events
@@ -496,8 +507,12 @@ pub fn rebuild_projection(
             let mut scratch = EventRow::new(id, 0, None);
             classify(&tx, &projection, &mut scratch, &keys, &event, &prepared)?;
             report.replayed += 1;
+            if report.replayed % REBUILD_PROGRESS_EVERY == 0 {
+                progress(report.replayed, to_replay);
+            }
         }
     }
+    progress(report.replayed, to_replay);
     if !report.skipped_unparsable.is_empty() && !skip_unparsable {
         // Dropping the transaction rolls back: the projection stays as it was.
         return Err(StorageError::Incomplete(format!(
