@@ -241,7 +241,12 @@ async fn a_body_that_no_longer_parses_fails_the_rebuild_unless_skipped() {
         !output.status.success(),
         "an unparsable body fails the rebuild"
     );
-    let message = stderr(&output);
+    // The error's own line; progress lines come before it.
+    let message = stderr(&output)
+        .lines()
+        .filter(|line| line.starts_with("rebilly-webhookd:"))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(message.contains(&superseded.to_string()), "{message}");
     assert!(message.contains("--skip-unparsable"), "{message}");
     assert!(!message.contains(&current.to_string()), "{message}");
