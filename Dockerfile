@@ -23,8 +23,10 @@ RUN apt-get update \
     && mkdir -p /var/lib/rebilly-webhookd /etc/rebilly-webhookd \
     && chown webhookd:webhookd /var/lib/rebilly-webhookd
 COPY --from=build /src/target/release/rebilly-webhookd /usr/local/bin/rebilly-webhookd
-# The example configuration; mount your own over it (it holds example credentials only).
-COPY config.example.toml /etc/rebilly-webhookd/config.toml
+# The image holds no usable credential: the example file is reference only, and the daemon
+# reads /etc/rebilly-webhookd/config.toml, which you mount. Listening on 0.0.0.0, it refuses to
+# start with the example's change-me secrets or a short api.token, naming the key.
+COPY config.example.toml /etc/rebilly-webhookd/config.example.toml
 ENV REBILLY_WEBHOOKD__SERVER__LISTEN=0.0.0.0:8080 \
     REBILLY_WEBHOOKD__STORAGE__PATH=/var/lib/rebilly-webhookd/rebilly-webhookd.db \
     REBILLY_WEBHOOKD__LOG__FORMAT=json \
@@ -35,5 +37,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["rebilly-webhookd", "healthcheck", "--ready", "--config", "/etc/rebilly-webhookd/config.toml"]
 STOPSIGNAL SIGTERM
+# The daemon finishes in-flight work within server.shutdown_grace_seconds (25 by default); stop
+# the container with a longer timeout, such as `docker stop --time 30`.
 ENTRYPOINT ["rebilly-webhookd"]
 CMD ["serve", "--config", "/etc/rebilly-webhookd/config.toml"]

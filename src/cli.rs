@@ -3,7 +3,7 @@
 
 use crate::admin;
 use crate::auth::AuthenticatedBody;
-use crate::config::Settings;
+use crate::config::{HandlerSettings, Settings};
 use crate::ingest::{Pipeline, Receipt};
 use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_filter};
 use crate::storage::{Status, Store};
@@ -138,7 +138,11 @@ enum HandlersCommand {
 #[derive(Debug, Subcommand)]
 enum ProjectionCommand {
     /// Recompute the projection from the event log alone.
-    Rebuild,
+    Rebuild {
+        /// Leave out stored bodies that no longer parse (they are listed) instead of failing.
+        #[arg(long)]
+        skip_unparsable: bool,
+    },
 }
 
 /// A failure worth one line on stderr.
@@ -200,11 +204,11 @@ async fn execute(command: Command, settings: Settings) -> Result<ExitCode, Failu
             print_json(&serde_json::json!({"handler": name, "redriven": count}));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Projection(ProjectionCommand::Rebuild) => {
+        Command::Projection(ProjectionCommand::Rebuild { skip_unparsable }) => {
             let store = open_existing(&settings)?;
-            let result = store.rebuild_projection().await;
+            let result = store.rebuild_projection(skip_unparsable).await;
             store.close().await;
-            print_json(&serde_json::json!({"replayed": result?}));
+            print_json(&result?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { url, basic, files } => {
@@ -287,15 +291,14 @@ async fn events(settings: &Settings, command: EventsCommand) -> Result<ExitCode,
         ));
     }
     let store = open_existing(settings)?;
-    let handlers: Vec<String> = settings.handlers.iter().map(|h| h.name.clone()).collect();
-    let result = events_with(&store, &handlers, command).await;
+    let result = events_with(&store, &settings.handlers, command).await;
     store.close().await;
     result
 }
 
 async fn events_with(
     store: &Store,
-    handlers: &[String],
+    handlers: &[HandlerSettings],
     command: EventsCommand,
 ) -> Result<ExitCode, Failure> {
     match command {

@@ -1,8 +1,8 @@
 //! Configuration: embedded defaults, then an optional TOML file, then `REBILLY_WEBHOOKD__*`
 //! environment variables, deserialized into typed settings and validated once at start-up.
 
-use crate::secret::Secret;
-use config::{Config, Environment, File, FileFormat};
+use crate::secret::{self, Secret};
+use config::{Config, File, FileFormat, Map, Source, Value, ValueKind};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -18,6 +18,63 @@ const LIST_KEYS: [&str; 4] = [
     "auth.hmac.secrets",
     "auth.trusted_proxies",
 ];
+
+/// The `REBILLY_WEBHOOKD__SECTION__KEY` layer. Every value stays the text it was given: the
+/// typed settings convert numbers and booleans where a field asks for one, so a secret such as
+/// `000123` is never re-typed into `123`. Only the list keys are split, on commas.
+#[derive(Debug, Clone)]
+struct EnvironmentLayer(Vec<(String, String)>);
+
+impl EnvironmentLayer {
+    fn new(variables: impl IntoIterator<Item = (String, String)>) -> Self {
+        let prefix = format!("{ENV_PREFIX}__");
+        let entries = variables
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let key = name
+                    .strip_prefix(&prefix)?
+                    .to_lowercase()
+                    .replace("__", ".");
+                Some((key, value))
+            })
+            .collect();
+        Self(entries)
+    }
+}
+
+impl Source for EnvironmentLayer {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        let origin = "the environment".to_owned();
+        let entries = self.0.iter().map(|(key, value)| {
+            let kind = if LIST_KEYS.contains(&key.as_str()) {
+                ValueKind::Array(
+                    value
+                        .split(',')
+                        .map(|item| Value::new(Some(&origin), item.trim().to_owned()))
+                        .collect(),
+                )
+            } else {
+                ValueKind::String(value.clone())
+            };
+            (key.clone(), Value::new(Some(&origin), kind))
+        });
+        Ok(entries.collect())
+    }
+}
+
+/// Shortest `api.token` accepted when the daemon listens beyond loopback.
+pub const MIN_EXPOSED_TOKEN_CHARS: usize = 32;
+
+/// Secrets copied from `config.example.toml` start with `change-me`; the signing secret there is
+/// the public example of the Standard Webhooks documentation.
+fn is_example_secret(value: &str) -> bool {
+    const PUBLIC_EXAMPLES: [&str; 1] = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"];
+    value.trim().to_ascii_lowercase().starts_with("change-me") || PUBLIC_EXAMPLES.contains(&value)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,10 +110,18 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Largest accepted webhook body, in bytes.
     pub max_body_bytes: usize,
-    /// Longest a request may take, from its headers to its answer, in seconds.
+    /// Longest a request may take, from its headers to its answer, in seconds; also the longest
+    /// wait for a concurrency slot.
     pub request_timeout_seconds: u64,
-    /// Most requests served at the same time; further connections wait.
+    /// Most query, admin and probe requests served at the same time. A request that cannot get
+    /// a slot within `request_timeout_seconds` is answered 503 with `Retry-After`.
     pub max_concurrent_requests: usize,
+    /// Most webhook deliveries served at the same time, counted apart from the other routes so
+    /// that they cannot crowd deliveries out; bounded by the request timeout in the same way.
+    pub max_concurrent_deliveries: usize,
+    /// How long a `/readyz` answer is reused, in milliseconds; concurrent probes share one
+    /// database write. 0 probes the database on every request.
+    pub readiness_cache_ms: u64,
     /// Time given to in-flight requests and handlers after SIGTERM, in seconds.
     pub shutdown_grace_seconds: u64,
 }
@@ -68,6 +133,15 @@ impl ServerSettings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    pub fn readiness_cache(&self) -> Duration {
+        Duration::from_millis(self.readiness_cache_ms)
+    }
+
+    /// Whether only this machine can connect.
+    pub fn is_loopback(&self) -> bool {
+        self.listen.ip().is_loopback()
     }
 }
 
@@ -101,6 +175,14 @@ pub struct BasicCredential {
     pub password: Secret,
 }
 
+/// An HTTP Digest credential (RFC 7616). `Debug` is derived: the password prints redacted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestCredential {
+    pub username: String,
+    pub password: Secret,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderSecret {
@@ -127,9 +209,21 @@ fn default_tolerance() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
+    /// HTTP Basic credentials; any of them is accepted.
     #[serde(default)]
     pub basic: Vec<BasicCredential>,
+    /// HTTP Digest credentials; any of them is accepted. With Basic also configured, a delivery
+    /// passes with either valid Basic or valid Digest credentials.
+    #[serde(default)]
+    pub digest: Vec<DigestCredential>,
+    /// How long a Digest nonce stays valid after it was issued, in seconds.
+    pub digest_nonce_seconds: u64,
+    /// Key sealing Digest nonces, for daemons behind one address that must accept each other's
+    /// nonces; unset, each process draws a random key at start-up.
+    pub digest_nonce_key: Option<Secret>,
+    /// A static secret header that must be present.
     pub header: Option<HeaderSecret>,
+    /// Standard Webhooks signatures that must verify.
     pub hmac: Option<HmacSettings>,
     /// Source networks allowed to deliver; empty allows every source.
     #[serde(default)]
@@ -137,6 +231,7 @@ pub struct AuthSettings {
     /// Header carrying the client address (such as `X-Forwarded-For`), read only when the
     /// connection comes from one of `trusted_proxies`.
     pub trusted_proxy_header: Option<String>,
+    /// Networks of the reverse proxies whose `trusted_proxy_header` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     /// Accept deliveries with no credential at all. Only for local experiments.
@@ -146,7 +241,10 @@ pub struct AuthSettings {
 
 impl AuthSettings {
     pub fn has_credential(&self) -> bool {
-        !self.basic.is_empty() || self.header.is_some() || self.hmac.is_some()
+        !self.basic.is_empty()
+            || !self.digest.is_empty()
+            || self.header.is_some()
+            || self.hmac.is_some()
     }
 }
 
@@ -189,6 +287,22 @@ pub struct HandlerSettings {
     /// Longest retry delay, in milliseconds.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Where a handler seen for the first time starts in the event log: `now` (the default)
+    /// or `beginning`. Later starts resume from the handler's cursor.
+    #[serde(default)]
+    pub start: HandlerStart,
+}
+
+/// Where a new handler starts reading the event log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerStart {
+    /// After the newest event at the handler's first start: it sees only what arrives later.
+    #[default]
+    Now,
+    /// From the first event still in the log. Events whose bodies retention already pruned
+    /// are skipped, never dispatched empty.
+    Beginning,
 }
 
 fn default_max_attempts() -> u32 {
@@ -206,8 +320,11 @@ fn default_backoff_max_ms() -> u64 {
 pub enum HandlerKind {
     /// Posts each event's raw body to `url`.
     Forward {
+        /// Target URL; redirects are not followed.
         url: String,
+        /// Credentials sent to the target.
         basic: Option<BasicCredential>,
+        /// Longest one attempt may take, in seconds; at least 1.
         #[serde(default = "default_forward_timeout")]
         timeout_seconds: u64,
     },
@@ -222,18 +339,23 @@ fn default_forward_timeout() -> u64 {
 impl Settings {
     /// Loads the layers and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        // Variables that are not UTF-8 cannot be ours (`std::env::vars` would panic on them).
+        let variables = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        Self::load_with_environment(file, variables)
+    }
+
+    /// Loads with the given environment variables instead of the process's own.
+    pub fn load_with_environment(
+        file: Option<&Path>,
+        variables: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
-        let mut environment = Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .try_parsing(true);
-        for key in LIST_KEYS {
-            environment = environment.with_list_parse_key(key);
-        }
+        let environment = EnvironmentLayer::new(variables);
         let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -246,6 +368,12 @@ impl Settings {
         if self.server.max_concurrent_requests == 0 {
             return Err(invalid(
                 "server.max_concurrent_requests",
+                "must be greater than 0",
+            ));
+        }
+        if self.server.max_concurrent_deliveries == 0 {
+            return Err(invalid(
+                "server.max_concurrent_deliveries",
                 "must be greater than 0",
             ));
         }
@@ -294,6 +422,30 @@ impl Settings {
                 ));
             }
         }
+        for (i, credential) in self.auth.digest.iter().enumerate() {
+            let name = &credential.username;
+            if name.is_empty()
+                || name.contains([':', '"', '\\'])
+                || name.chars().any(char::is_control)
+            {
+                return Err(invalid(
+                    &format!("auth.digest[{i}].username"),
+                    "must be non-empty and contain no ':', '\"', '\\' or control character",
+                ));
+            }
+            if credential.password.expose().is_empty() {
+                return Err(invalid(
+                    &format!("auth.digest[{i}].password"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if self.auth.digest_nonce_seconds == 0 {
+            return Err(invalid(
+                "auth.digest_nonce_seconds",
+                "must be greater than 0",
+            ));
+        }
         if let Some(header) = &self.auth.header {
             if axum::http::HeaderName::try_from(header.name.as_str()).is_err() {
                 return Err(invalid("auth.header.name", "is not a valid header name"));
@@ -313,7 +465,7 @@ impl Settings {
                 ));
             }
             for (i, secret) in hmac.secrets.iter().enumerate() {
-                crate::auth::decode_hmac_secret(secret.expose()).map_err(|reason| {
+                secret::decode_hmac_secret(secret.expose()).map_err(|reason| {
                     invalid(&format!("auth.hmac.secrets[{i}]"), reason.to_string())
                 })?;
             }
@@ -335,6 +487,93 @@ impl Settings {
         Ok(())
     }
 
+    /// Listening beyond loopback, anyone on the network can try the credentials: refuses the
+    /// example values shipped in `config.example.toml` and an `api.token` short enough to guess.
+    /// On loopback the example file runs as it is, for trying the daemon locally.
+    pub fn require_safe_exposure(&self) -> Result<(), ConfigError> {
+        if self.server.is_loopback() {
+            return Ok(());
+        }
+        for (key, value) in self.secrets() {
+            if is_example_secret(value.expose()) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "is an example value and the daemon listens on {} (beyond loopback): \
+                         set a long random secret of your own",
+                        self.server.listen
+                    ),
+                ));
+            }
+        }
+        if let Some(token) = &self.api.token
+            && token.expose().chars().count() < MIN_EXPOSED_TOKEN_CHARS
+        {
+            return Err(invalid(
+                "api.token",
+                format!(
+                    "must be at least {MIN_EXPOSED_TOKEN_CHARS} characters when listening \
+                     beyond loopback ({})",
+                    self.server.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every secret of the configuration with the key that holds it.
+    fn secrets(&self) -> Vec<(String, &Secret)> {
+        let auth = &self.auth;
+        let mut secrets = Vec::new();
+        for (i, c) in auth.basic.iter().enumerate() {
+            secrets.push((format!("auth.basic[{i}].password"), &c.password));
+        }
+        for (i, c) in auth.digest.iter().enumerate() {
+            secrets.push((format!("auth.digest[{i}].password"), &c.password));
+        }
+        if let Some(header) = &auth.header {
+            for (i, v) in header.values.iter().enumerate() {
+                secrets.push((format!("auth.header.values[{i}]"), v));
+            }
+        }
+        if let Some(hmac) = &auth.hmac {
+            for (i, v) in hmac.secrets.iter().enumerate() {
+                secrets.push((format!("auth.hmac.secrets[{i}]"), v));
+            }
+        }
+        if let Some(key) = &auth.digest_nonce_key {
+            secrets.push(("auth.digest_nonce_key".to_owned(), key));
+        }
+        if let Some(token) = &self.api.token {
+            secrets.push(("api.token".to_owned(), token));
+        }
+        secrets
+    }
+
+    /// Settings that are allowed but probably a mistake, one sentence each, to log at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let everything = |net: &IpNet| net.prefix_len() == 0;
+        if self.auth.trusted_proxies.iter().any(everything) {
+            warnings.push(
+                "auth.trusted_proxies covers every address: any client can choose the address \
+                 auth.allowed_networks sees; list only your proxies"
+                    .to_owned(),
+            );
+        }
+        for (i, handler) in self.handlers.iter().enumerate() {
+            if let HandlerKind::Forward { url, .. } = &handler.kind
+                && url.to_ascii_lowercase().starts_with("http://")
+            {
+                warnings.push(format!(
+                    "handlers[{i}].url is plain http: customer data and credentials travel \
+                     unencrypted"
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The webhook endpoint needs a credential unless the operator opted out on purpose.
     pub fn require_webhook_credential(&self) -> Result<(), ConfigError> {
         if self.auth.has_credential() || self.auth.allow_unauthenticated {
@@ -342,8 +581,8 @@ impl Settings {
         }
         Err(invalid(
             "auth",
-            "no webhook credential is configured: add [[auth.basic]], [auth.header] or \
-             [auth.hmac], or set auth.allow_unauthenticated = true to accept anonymous deliveries",
+            "no webhook credential is configured: add [[auth.basic]], [[auth.digest]], \
+             [auth.header] or [auth.hmac], or set auth.allow_unauthenticated = true to accept anonymous deliveries",
         ))
     }
 
@@ -373,7 +612,15 @@ impl Settings {
                     "must be greater than 0 and at most backoff_max_ms",
                 ));
             }
-            if let HandlerKind::Forward { url, .. } = &handler.kind {
+            if let HandlerKind::Forward {
+                url,
+                timeout_seconds,
+                ..
+            } = &handler.kind
+            {
+                if *timeout_seconds == 0 {
+                    return Err(invalid(&key("timeout_seconds"), "must be greater than 0"));
+                }
                 let parsed = reqwest::Url::parse(url)
                     .map_err(|e| invalid(&key("url"), format!("is not a URL: {e}")))?;
                 if !matches!(parsed.scheme(), "http" | "https") {
@@ -442,10 +689,166 @@ mod tests {
         .unwrap();
         assert_eq!(settings.handlers.len(), 2);
         assert!(matches!(settings.handlers[1].kind, HandlerKind::Log));
+        assert_eq!(settings.handlers[0].start, HandlerStart::Now);
+        let settings =
+            load_toml("[[handlers]]\nname = \"audit\"\nkind = \"log\"\nstart = \"beginning\"\n")
+                .unwrap();
+        assert_eq!(settings.handlers[0].start, HandlerStart::Beginning);
         let error = load_toml(
             "[[handlers]]\nname = \"a\"\nkind = \"log\"\n[[handlers]]\nname = \"a\"\nkind = \"log\"\n",
         )
         .unwrap_err();
         assert!(error.to_string().contains("handlers[1].name"), "{error}");
+    }
+
+    fn load_with_env(text: &str, variables: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let variables = variables
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        Settings::load_with_environment(Some(file.path()), variables)
+    }
+
+    #[test]
+    fn environment_secrets_are_taken_verbatim() {
+        let settings = load_with_env(
+            "[auth.header]\nname = \"X-Token\"\nvalues = [\"x\"]\n",
+            &[
+                (
+                    "REBILLY_WEBHOOKD__API__TOKEN",
+                    "000123000123000123000123000123000",
+                ),
+                (
+                    "REBILLY_WEBHOOKD__AUTH__HEADER__VALUES",
+                    "000123,1e5, true ",
+                ),
+                ("REBILLY_WEBHOOKD__AUTH__DIGEST_NONCE_KEY", "0001"),
+                ("REBILLY_WEBHOOKD__SERVER__MAX_BODY_BYTES", "2048"),
+                ("REBILLY_WEBHOOKD__AUTH__ALLOW_UNAUTHENTICATED", "true"),
+                ("REBILLY_WEBHOOKD__SERVER__LISTEN", "0.0.0.0:8080"),
+                ("OTHER__API__TOKEN", "ignored"),
+            ],
+        )
+        .unwrap();
+        let token = settings.api.token.as_ref().unwrap();
+        assert_eq!(token.expose(), "000123000123000123000123000123000");
+        let values: Vec<&str> = settings
+            .auth
+            .header
+            .as_ref()
+            .unwrap()
+            .values
+            .iter()
+            .map(Secret::expose)
+            .collect();
+        assert_eq!(values, ["000123", "1e5", "true"]);
+        assert_eq!(
+            settings.auth.digest_nonce_key.as_ref().unwrap().expose(),
+            "0001"
+        );
+        assert_eq!(
+            settings.server.max_body_bytes, 2048,
+            "numbers still convert"
+        );
+        assert!(
+            settings.auth.allow_unauthenticated,
+            "booleans still convert"
+        );
+        assert_eq!(settings.server.listen.port(), 8080);
+    }
+
+    const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    fn exposed(extra: &[(&str, &str)]) -> Result<(), ConfigError> {
+        let mut variables = vec![("REBILLY_WEBHOOKD__SERVER__LISTEN", "0.0.0.0:8080")];
+        variables.extend_from_slice(extra);
+        load_with_env(EXAMPLE, &variables)?.require_safe_exposure()
+    }
+
+    #[test]
+    fn the_example_file_runs_on_loopback_only() {
+        let settings = load_with_env(EXAMPLE, &[]).unwrap();
+        assert!(settings.server.is_loopback());
+        assert!(settings.require_safe_exposure().is_ok());
+        let error = exposed(&[]).unwrap_err().to_string();
+        assert!(error.contains("auth.basic[0].password"), "{error}");
+    }
+
+    #[test]
+    fn beyond_loopback_example_and_short_secrets_are_refused_by_name() {
+        let long = "Zk3q9v0s8w7x6y5z4a3b2c1d0e9f8g7h6";
+        let error = exposed(&[("REBILLY_WEBHOOKD__API__TOKEN", long)])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("auth.basic[0].password"), "{error}");
+        let own_basic = "[[auth.basic]]\nusername = \"rebilly\"\npassword = \"a-real-password\"\n";
+        let check = |token: &str| {
+            load_with_env(
+                own_basic,
+                &[
+                    ("REBILLY_WEBHOOKD__SERVER__LISTEN", "[::]:8080"),
+                    ("REBILLY_WEBHOOKD__API__TOKEN", token),
+                ],
+            )
+            .unwrap()
+            .require_safe_exposure()
+        };
+        assert!(check(long).is_ok());
+        let error = check("change-me-to-a-long-random-api-token-000")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("api.token"), "{error}");
+        let error = check("short-token-of-31-characters-xx")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("api.token") && error.contains("32"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_forward_timeout_of_zero_is_refused() {
+        let error = load_toml(
+            "[[handlers]]\nname = \"crm\"\nkind = \"forward\"\nurl = \"https://crm.example.com/\"\n\
+             timeout_seconds = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("handlers[0].timeout_seconds"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn risky_but_allowed_settings_warn() {
+        let settings = load_toml(
+            "[auth]\ntrusted_proxy_header = \"X-Forwarded-For\"\ntrusted_proxies = [\"0.0.0.0/0\"]\n\
+             [[handlers]]\nname = \"crm\"\nkind = \"forward\"\nurl = \"http://crm.example.com/\"\n",
+        )
+        .unwrap();
+        let warnings = settings.warnings().join("\n");
+        assert!(warnings.contains("auth.trusted_proxies"), "{warnings}");
+        assert!(warnings.contains("handlers[0].url"), "{warnings}");
+        assert!(Settings::load(None).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn digest_credentials_are_validated_by_key() {
+        let error =
+            load_toml("[[auth.digest]]\nusername = \"a:b\"\npassword = \"p\"\n").unwrap_err();
+        assert!(
+            error.to_string().contains("auth.digest[0].username"),
+            "{error}"
+        );
+        let error = load_toml("[[auth.digest]]\nusername = \"a\"\npassword = \"\"\n").unwrap_err();
+        assert!(
+            error.to_string().contains("auth.digest[0].password"),
+            "{error}"
+        );
+        let settings =
+            load_toml("[[auth.digest]]\nusername = \"rebilly\"\npassword = \"p\"\n").unwrap();
+        assert!(settings.require_webhook_credential().is_ok());
     }
 }

@@ -5,11 +5,19 @@
 //! exponential backoff and jitter; the customer's later events wait behind it, so a handler sees
 //! one customer's events in order. After `max_attempts` the event is marked `dead` and waits
 //! for an operator's redrive, holding its customer's later events back with it.
+//!
+//! An event waits behind every customer it touches: a merge behind both the customer merged
+//! away and its target, so that an undelivered update of the merged-away customer never
+//! reaches the handler after the merge.
+//!
+//! A handler seen for the first time starts at its configured position (by default after the
+//! newest event). An event whose body retention has pruned is never dispatched: the handler
+//! skips it, and the skip and its reason are recorded with the event (`events show`).
 
 use crate::clock::now_ms;
-use crate::config::HandlerSettings;
+use crate::config::{HandlerSettings, HandlerStart};
 use crate::handlers::{self, AsyncHandler, DispatchedEvent};
-use crate::storage::handler_state::{Outcome, Work};
+use crate::storage::handler_state::{Candidate, Outcome, Work};
 use crate::storage::{StorageError, Store};
 use crate::telemetry;
 use std::time::Duration;
@@ -56,8 +64,12 @@ pub struct Worker {
     name: String,
     handler: Box<dyn AsyncHandler>,
     backoff: Backoff,
+    start: HandlerStart,
     store: Store,
 }
+
+/// Why a pruned event is skipped, as recorded with it.
+const PRUNED_REASON: &str = "the body was pruned by retention before this handler reached it";
 
 impl Worker {
     pub fn new(settings: &HandlerSettings, store: Store) -> Self {
@@ -77,6 +89,7 @@ impl Worker {
                 initial_ms: settings.backoff_initial_ms,
                 max_ms: settings.backoff_max_ms,
             },
+            start: settings.start,
             store,
         }
     }
@@ -84,7 +97,9 @@ impl Worker {
     /// Runs until `shutdown` turns true, finishing the event in hand first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut committed = self.store.committed();
-        tracing::info!(handler = %self.name, "handler worker started");
+        if !self.register(&mut shutdown).await {
+            return;
+        }
         while !*shutdown.borrow() {
             match self.pass(&shutdown).await {
                 Ok(Pass::Processed) => continue,
@@ -106,6 +121,32 @@ impl Worker {
             }
         }
         tracing::info!(handler = %self.name, "handler worker stopped");
+    }
+
+    /// Makes sure the handler has a cursor before its first pass, so that a new handler
+    /// starts where it is configured to and never from position 0 by default. Returns false
+    /// if shutdown came first.
+    async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        while !*shutdown.borrow() {
+            match self
+                .store
+                .start_handler(self.name.clone(), self.start)
+                .await
+            {
+                Ok(cursor) => {
+                    tracing::info!(handler = %self.name, cursor, "handler worker started");
+                    return true;
+                }
+                Err(error) => {
+                    tracing::error!(handler = %self.name, error = %error, "cannot start handler");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+        false
     }
 
     async fn idle_wait(&self) -> Duration {
@@ -151,42 +192,46 @@ impl Worker {
             if *shutdown.borrow() {
                 return (work.cursor, results);
             }
-            let outcome = self.attempt(&owed.event, owed.attempts).await;
-            if !matches!(outcome, Outcome::Delivered)
-                && let Some(customer) = &owed.event.customer_id
-            {
-                work.blocked.insert(customer.clone());
-            }
-            results.push((owed.event, outcome));
+            let outcome = self.dispatch(&owed, false).await;
+            results.push(settled(owed.event, outcome, &mut work));
         }
         let mut cursor = work.cursor;
-        for event in std::mem::take(&mut work.fresh) {
+        for fresh in std::mem::take(&mut work.fresh) {
             if *shutdown.borrow() {
                 break;
             }
-            cursor = event.id;
-            let blocked = event
-                .customer_id
-                .as_ref()
-                .is_some_and(|c| work.blocked.contains(c));
-            let outcome = if blocked {
-                // Parked behind an earlier event of the same customer, not attempted yet.
-                Outcome::Retry {
-                    attempts: 0,
-                    next_attempt_ms: now_ms(),
-                    error: None,
-                }
-            } else {
-                self.attempt(&event, 0).await
-            };
-            if !matches!(outcome, Outcome::Delivered)
-                && let Some(customer) = &event.customer_id
-            {
-                work.blocked.insert(customer.clone());
-            }
-            results.push((event, outcome));
+            cursor = fresh.event.id;
+            let blocked = fresh
+                .event
+                .customers
+                .iter()
+                .any(|c| work.blocked.contains(c));
+            let outcome = self.dispatch(&fresh, blocked).await;
+            results.push(settled(fresh.event, outcome, &mut work));
         }
         (cursor, results)
+    }
+
+    /// What to do with one event: skip it if its body is gone, park it behind an earlier
+    /// event of one of its customers, or attempt it.
+    async fn dispatch(&self, candidate: &Candidate, blocked: bool) -> Outcome {
+        if candidate.body_pruned {
+            tracing::warn!(handler = %self.name, event_id = candidate.event.id,
+                "event skipped: its body was pruned before this handler reached it");
+            telemetry::record_handler_result(&self.name, "skipped");
+            return Outcome::Skipped {
+                reason: PRUNED_REASON.to_owned(),
+            };
+        }
+        if blocked {
+            // Parked, not attempted yet.
+            return Outcome::Retry {
+                attempts: 0,
+                next_attempt_ms: now_ms(),
+                error: None,
+            };
+        }
+        self.attempt(&candidate.event, candidate.attempts).await
     }
 
     async fn attempt(&self, event: &DispatchedEvent, attempts_before: u32) -> Outcome {
@@ -221,6 +266,18 @@ impl Worker {
             telemetry::record_handler_stats(&self.name, stats);
         }
     }
+}
+
+/// An event not delivered now holds back the later events of every customer it touches.
+fn settled(
+    event: DispatchedEvent,
+    outcome: Outcome,
+    work: &mut Work,
+) -> (DispatchedEvent, Outcome) {
+    if matches!(outcome, Outcome::Retry { .. } | Outcome::Dead { .. }) {
+        work.blocked.extend(event.customers.iter().cloned());
+    }
+    (event, outcome)
 }
 
 /// Starts a worker per configured handler; they stop when `shutdown` turns true.

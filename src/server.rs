@@ -3,7 +3,7 @@
 //! port 0 and stop the server when they like.
 
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{MIN_EXPOSED_TOKEN_CHARS, Settings};
 use crate::dispatch;
 use crate::http::{self, AppState};
 use crate::ingest::Pipeline;
@@ -31,8 +31,6 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-const RECOMMENDED_TOKEN_LEN: usize = 16;
-
 /// Binds the configured address; port 0 picks a free port.
 pub async fn bind(settings: &Settings) -> Result<TcpListener, ServeError> {
     let address = settings.server.listen;
@@ -44,11 +42,15 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, ServeError> {
 /// Runs until `shutdown` completes, then stops accepting, answers what is in flight, lets the
 /// handlers finish their current event and flushes the writer, within the grace period.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     settings.require_webhook_credential()?;
+    settings.require_safe_exposure()?;
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     if settings.auth.allow_unauthenticated && !settings.auth.has_credential() {
         tracing::warn!(
             "UNAUTHENTICATED MODE: auth.allow_unauthenticated is set and no webhook credential is \
@@ -59,10 +61,11 @@ pub async fn run(
         .api
         .token
         .as_ref()
-        .is_some_and(|t| t.expose().len() < RECOMMENDED_TOKEN_LEN)
+        .is_some_and(|t| t.expose().chars().count() < MIN_EXPOSED_TOKEN_CHARS)
     {
         tracing::warn!(
-            "api.token is shorter than {RECOMMENDED_TOKEN_LEN} characters; use a long random token"
+            "api.token is shorter than {MIN_EXPOSED_TOKEN_CHARS} characters: accepted on loopback \
+             only; use a long random token"
         );
     }
     let store = Store::open(&settings.storage)?;
@@ -74,22 +77,32 @@ pub async fn run(
     let handler_names: Vec<String> = settings.handlers.iter().map(|h| h.name.clone()).collect();
     let pruner = retention::spawn(
         &settings.storage,
-        handler_names.clone(),
+        settings.handlers.clone(),
         store.clone(),
         stop_rx.clone(),
     );
+    let authenticator = Authenticator::new(&settings.auth);
+    // The authenticator keeps only hashes of the Basic and Digest passwords: the clear ones
+    // need not outlive start-up (a dropped Secret overwrites its bytes).
+    settings.auth.basic.clear();
+    settings.auth.digest.clear();
     let state = AppState {
         pipeline: Pipeline::new(store.clone()),
         store: store.clone(),
-        authenticator: Arc::new(Authenticator::new(&settings.auth)),
+        authenticator: Arc::new(authenticator),
         api_token: settings.api.token.clone(),
         max_body_bytes: settings.server.max_body_bytes,
         handler_names: Arc::new(handler_names),
         metrics: telemetry::metrics_handle(),
+        readiness: Arc::new(http::Readiness::new(settings.server.readiness_cache())),
     };
-    // The global layer shares one semaphore across every route: a single limit for the server.
-    let app = http::router(state, settings.server.request_timeout()).layer(
-        tower::limit::GlobalConcurrencyLimitLayer::new(settings.server.max_concurrent_requests),
+    let app = http::router(
+        state,
+        http::Limits {
+            request_timeout: settings.server.request_timeout(),
+            deliveries: settings.server.max_concurrent_deliveries,
+            others: settings.server.max_concurrent_requests,
+        },
     );
 
     let (signalled_tx, mut signalled_rx) = watch::channel(false);

@@ -17,7 +17,15 @@ pub struct DispatchedEvent {
     pub id: i64,
     pub event_type: Option<String>,
     pub customer_id: Option<String>,
+    /// The revision of the snapshot the event itself carries.
     pub revision: Option<i64>,
+    /// The revision the projection held for `customer_id` once this event was applied (`None`
+    /// when unknown). It differs from `revision` when the event carries an older snapshot than
+    /// one already applied, such as an Experian check embedding an earlier revision.
+    pub projected_revision: Option<i64>,
+    /// Every customer the event touches (a merge: the customer merged away and its target).
+    /// The event waits behind each one's earlier undelivered events.
+    pub customers: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -43,6 +51,7 @@ impl AsyncHandler for LogHandler {
                 event_type = event.event_type.as_deref().unwrap_or(""),
                 customer_id = event.customer_id.as_deref().unwrap_or(""),
                 revision = event.revision,
+                projected_revision = event.projected_revision,
                 "event handled"
             );
             Ok(())

@@ -1,7 +1,10 @@
-//! The HTTP face: routes, shared state, request ids and tracing spans, timeouts.
+//! The HTTP face: routes, shared state, request ids and tracing spans, timeouts and
+//! concurrency limits.
 
 mod api;
+mod limit;
 pub mod problem;
+mod readiness;
 mod serve;
 mod webhook;
 
@@ -15,12 +18,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use limit::Limit;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tower_http::timeout::TimeoutLayer;
 
+pub use readiness::Readiness;
 pub use serve::serve;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -34,9 +38,28 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub handler_names: Arc<Vec<String>>,
     pub metrics: PrometheusHandle,
+    pub readiness: Arc<Readiness>,
 }
 
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// How long a request may take and how many run at once, per group of routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    /// Webhook deliveries in flight.
+    pub deliveries: usize,
+    /// Query, admin and probe requests in flight.
+    pub others: usize,
+}
+
+/// Deliveries and everything else wait for separate permits, so that a flood of queries or
+/// probes cannot hold the slots Rebilly's deliveries need. Waiting for a permit counts toward
+/// the request timeout.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let deliveries = Limit::for_deliveries(limits.deliveries, limits.request_timeout);
+    let others = Limit::for_others(limits.others, limits.request_timeout);
+    let webhook = Router::new()
+        .route("/webhooks/rebilly", post(webhook::receive))
+        .route_layer(middleware::from_fn_with_state(deliveries, limit::enforce));
     let api = Router::new()
         .route("/customers", get(api::list_customers))
         .route("/customers/{id}", get(api::get_customer))
@@ -48,17 +71,16 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             state.clone(),
             api::require_token,
         ));
-    Router::new()
-        .route("/webhooks/rebilly", post(webhook::receive))
+    let others = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .route_layer(middleware::from_fn_with_state(others, limit::enforce));
+    Router::new()
+        .merge(webhook)
+        .merge(others)
         .fallback(not_found)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
 }
@@ -72,18 +94,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.probe_write().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(error) => {
-            tracing::warn!(error = %error, "readiness probe failed");
-            problem::Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not-ready",
-                "Not Ready",
-                "the database does not accept writes",
-            )
-            .into_response()
-        }
+    if state.readiness.check(&state.store).await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        problem::Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not Ready",
+            "the database does not accept writes",
+        )
+        .into_response()
     }
 }
 
@@ -100,6 +120,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// A client's request id is kept only if it is made of `[A-Za-z0-9._-]`: anything else could
+/// forge fields or lines in text logs, and is replaced by a generated id.
+fn is_safe_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// One span per request, keyed by a request id taken from `x-request-id` or generated, and
 /// echoed in the response. Handlers record the event type, customer id and outcome on it.
 async fn request_span(mut request: Request, next: Next) -> Response {
@@ -108,7 +138,7 @@ async fn request_span(mut request: Request, next: Next) -> Response {
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| is_safe_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| {
             format!(
@@ -135,4 +165,25 @@ async fn request_span(mut request: Request, next: Next) -> Response {
     span.in_scope(|| tracing::debug!("request finished"));
     response.headers_mut().insert(REQUEST_ID, value);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_request_ids_are_kept() {
+        assert!(is_safe_request_id("trace-abc_123.4"));
+        for forged in [
+            "",
+            "id outcome=applied",
+            "id\" event_type=\"x",
+            "a=b",
+            "line\u{a}break",
+            "caf\u{e9}",
+            &"x".repeat(129),
+        ] {
+            assert!(!is_safe_request_id(forged), "{forged:?}");
+        }
+    }
 }

@@ -55,8 +55,14 @@ impl Problem {
         self
     }
 
-    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
-        self.0.headers.push((name, HeaderValue::from_static(value)));
+    pub fn with_header(self, name: header::HeaderName, value: &'static str) -> Self {
+        self.with_header_value(name, HeaderValue::from_static(value))
+    }
+
+    /// Adds a header; a name given several times is sent several times (such as one
+    /// `WWW-Authenticate` per challenge).
+    pub fn with_header_value(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.0.headers.push((name, value));
         self
     }
 
@@ -135,7 +141,7 @@ impl IntoResponse for Problem {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         for (name, value) in self.0.headers {
-            headers.insert(name, value);
+            headers.append(name, value);
         }
         response
     }

@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::problem::Problem;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, RequestHead};
 use crate::event::ParseError;
 use crate::ingest::Receipt;
 use crate::storage::Status;
@@ -11,7 +11,7 @@ use crate::telemetry::{self, Refusal};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::net::SocketAddr;
@@ -20,11 +20,19 @@ use std::time::Instant;
 pub async fn receive(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let response = match deliver(&state, peer, &headers, body).await {
+    let head = RequestHead {
+        method: &method,
+        target: uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &headers,
+        peer: peer.ip(),
+    };
+    let response = match deliver(&state, &head, body).await {
         Ok(receipt) => answer(receipt),
         Err(problem) => problem.into_response(),
     };
@@ -33,15 +41,11 @@ pub async fn receive(
     response
 }
 
-async fn deliver(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Receipt, Problem> {
+async fn deliver(state: &AppState, head: &RequestHead<'_>, body: Body) -> Result<Receipt, Problem> {
+    let headers = head.headers;
     state
         .authenticator
-        .check_headers(headers, peer.ip())
+        .check_head(head)
         .map_err(|e| refuse_auth(state, e))?;
     let bytes = read_limited(body, headers, state.max_body_bytes).await?;
     let body = state
@@ -66,10 +70,19 @@ async fn deliver(
     Ok(receipt)
 }
 
+/// The log keeps which check failed; the answer does not say, so that it cannot tell a guesser
+/// which of several configured checks passed.
 fn refuse_auth(state: &AppState, error: AuthError) -> Problem {
-    tracing::info!(reason = %error, "delivery refused");
+    // A Digest client's first request carries no credentials, and one on an expired nonce is
+    // sent again: both are steps of the protocol, not refusals worth a log line or a count.
+    let handshake = error.is_digest_handshake();
+    if handshake {
+        tracing::debug!(reason = %error, "Digest challenge sent");
+    } else {
+        tracing::info!(reason = %error, "delivery refused");
+    }
     match error {
-        AuthError::NetworkNotAllowed => {
+        AuthError::NetworkNotAllowed | AuthError::NoClientAddress => {
             telemetry::record_refusal(Refusal::Forbidden);
             Problem::new(
                 StatusCode::FORBIDDEN,
@@ -78,20 +91,28 @@ fn refuse_auth(state: &AppState, error: AuthError) -> Problem {
                 error.to_string(),
             )
         }
-        AuthError::Basic | AuthError::Header | AuthError::Signature | AuthError::Timestamp => {
-            telemetry::record_refusal(Refusal::Unauthorized);
-            let problem = Problem::unauthorized(error.to_string());
-            if state.authenticator.uses_basic() {
-                problem.with_header(
-                    header::WWW_AUTHENTICATE,
-                    "Basic realm=\"rebilly-webhookd\", charset=\"UTF-8\"",
-                )
-            } else {
-                problem
+        AuthError::Basic
+        | AuthError::Digest(_)
+        | AuthError::Header
+        | AuthError::Signature
+        | AuthError::Timestamp => {
+            if !handshake {
+                telemetry::record_refusal(Refusal::Unauthorized);
             }
+            state
+                .authenticator
+                .challenges(error)
+                .into_iter()
+                .filter_map(|challenge| HeaderValue::try_from(challenge).ok())
+                .fold(
+                    Problem::unauthorized(UNAUTHORIZED_DETAIL),
+                    |problem, value| problem.with_header_value(header::WWW_AUTHENTICATE, value),
+                )
         }
     }
 }
+
+const UNAUTHORIZED_DETAIL: &str = "missing or invalid credentials";
 
 fn too_large(limit: usize) -> Problem {
     telemetry::record_refusal(Refusal::TooLarge);

@@ -161,7 +161,9 @@ pub fn customer(conn: &Connection, id: &str) -> Result<Option<Value>, StorageErr
 pub fn list(conn: &Connection, query: &CustomerQuery) -> Result<CustomerPage, StorageError> {
     let (condition, mut values) = condition(query);
     let params: Vec<&dyn ToSql> = values.iter().map(|v| v.as_ref()).collect();
-    let total: u64 = conn
+    // The total and the page come from one snapshot, so that they agree under writes.
+    let tx = conn.unchecked_transaction()?;
+    let total: u64 = tx
         .prepare_cached(&format!("SELECT COUNT(*) FROM customers WHERE {condition}"))?
         .query_row(params.as_slice(), |r| r.get(0))?;
     values.push(Box::new(i64::from(query.limit)));
@@ -171,7 +173,7 @@ pub fn list(conn: &Connection, query: &CustomerQuery) -> Result<CustomerPage, St
         "SELECT {VIEW_COLUMNS} FROM customers WHERE {condition} ORDER BY {} LIMIT ? OFFSET ?",
         order(query)
     );
-    let customers = conn
+    let customers = tx
         .prepare_cached(&sql)?
         .query_map(params.as_slice(), view_from_row)?
         .map(|view| view.map(|v| keep_fields(v, query.fields.as_deref())))
@@ -202,6 +204,29 @@ mod tests {
     #[test]
     fn search_text_is_escaped_for_like() {
         assert_eq!(escape_like("50%_a\\"), "50\\%\\_a\\\\");
+    }
+
+    #[test]
+    fn the_total_and_the_page_come_from_one_snapshot() {
+        let db = crate::storage::test_support::TestDb::new();
+        db.connect()
+            .execute_batch("INSERT INTO customers (id, snapshot) VALUES ('a', '{}'), ('b', '{}');")
+            .unwrap();
+        let reader = db.connect();
+        db.write_at_every_step(
+            &reader,
+            "INSERT INTO customers (id, snapshot) VALUES (hex(randomblob(8)), '{}');",
+        );
+        let query = CustomerQuery::parse(&ListOptions {
+            limit: Some("1000".into()),
+            ..ListOptions::default()
+        })
+        .unwrap();
+        let page = list(&reader, &query).unwrap();
+        assert_eq!(page.customers.len() as u64, page.total);
+        // The writes did land meanwhile: a later read sees them.
+        let later = list(&db.connect(), &query).unwrap();
+        assert!(later.total > page.total, "{later:?}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Asynchronous handler state: a cursor per handler over the event log, and the events still
-//! owed to a handler (retrying, parked behind an earlier event of the same customer, or dead).
+//! Asynchronous handler state: a cursor per handler over the event log, the events still owed
+//! to a handler (retrying, parked behind an earlier event of one of their customers, or dead)
+//! with the customers each holds back, and the events a handler skipped.
 
 use super::StorageError;
+use crate::config::HandlerStart;
 use crate::handlers::DispatchedEvent;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
@@ -10,82 +12,124 @@ use std::collections::HashSet;
 /// carry nothing new.
 const DISPATCHED_STATUS: &str = "applied";
 
-/// An event owed to a handler, with the attempts already made.
+/// An event read for a handler, with what dispatching needs to know besides the event itself.
 #[derive(Debug, Clone)]
-pub struct Owed {
+pub struct Candidate {
     pub event: DispatchedEvent,
+    /// Attempts already made (0 for an event read after the cursor).
     pub attempts: u32,
+    /// Retention cleared the body: the event can no longer be dispatched.
+    pub body_pruned: bool,
 }
 
 /// What one pass of a handler found to do.
 #[derive(Debug, Default)]
 pub struct Work {
     pub cursor: i64,
-    /// Retries whose time has come, the oldest event of each customer only.
-    pub due: Vec<Owed>,
+    /// Retries whose time has come, each the oldest owed event of every customer it touches.
+    pub due: Vec<Candidate>,
     /// New events after the cursor.
-    pub fresh: Vec<DispatchedEvent>,
-    /// Customers with an owed event: their new events must queue behind it.
+    pub fresh: Vec<Candidate>,
+    /// Customers of the fresh events that an owed event holds: those events queue behind it.
     pub blocked: HashSet<String>,
 }
 
-fn dispatched(row: &rusqlite::Row<'_>) -> rusqlite::Result<DispatchedEvent> {
-    Ok(DispatchedEvent {
-        id: row.get(0)?,
-        event_type: row.get(1)?,
-        customer_id: row.get(2)?,
-        revision: row.get(3)?,
-        body: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+const CANDIDATE_COLUMNS: &str =
+    "e.id, e.event_type, e.customer_id, e.revision, e.projected_revision, e.body";
+
+fn candidate(row: &rusqlite::Row<'_>, attempts: u32) -> rusqlite::Result<Candidate> {
+    let body: Option<Vec<u8>> = row.get(5)?;
+    Ok(Candidate {
+        body_pruned: body.is_none(),
+        attempts,
+        event: DispatchedEvent {
+            id: row.get(0)?,
+            event_type: row.get(1)?,
+            customer_id: row.get(2)?,
+            revision: row.get(3)?,
+            projected_revision: row.get(4)?,
+            customers: Vec::new(),
+            body: body.unwrap_or_default(),
+        },
     })
 }
 
-pub fn cursor(conn: &Connection, handler: &str) -> rusqlite::Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT position FROM handler_cursors WHERE handler = ?1")?
+/// The handler's position in the log; `None` before its first start.
+pub fn cursor(conn: &Connection, handler: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT position FROM handler_cursors WHERE handler = ?1")?
         .query_row([handler], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
+        .optional()
 }
 
+/// Gives a handler seen for the first time its cursor: after the newest event (`Now`) or
+/// before the first (`Beginning`). A known handler keeps its cursor. Returns the cursor.
+pub fn start(conn: &Connection, handler: &str, from: HandlerStart) -> rusqlite::Result<i64> {
+    let position = match from {
+        HandlerStart::Now => "(SELECT COALESCE(MAX(id), 0) FROM events)",
+        HandlerStart::Beginning => "0",
+    };
+    conn.prepare_cached(&format!(
+        "INSERT INTO handler_cursors (handler, position) VALUES (?1, {position})
+         ON CONFLICT (handler) DO NOTHING"
+    ))?
+    .execute([handler])?;
+    Ok(cursor(conn, handler)?.unwrap_or(0))
+}
+
+/// The newest event every one of `handlers` has passed: bodies after it may still be
+/// dispatched. A handler not started yet needs nothing from before its first start if it
+/// starts `Now`, and everything if it starts from the `Beginning`.
+pub fn reached_by_all(
+    conn: &Connection,
+    handlers: &[(String, HandlerStart)],
+) -> rusqlite::Result<i64> {
+    let mut reached = i64::MAX;
+    for (handler, from) in handlers {
+        let position = match (cursor(conn, handler)?, from) {
+            (Some(position), _) => position,
+            (None, HandlerStart::Now) => i64::MAX,
+            (None, HandlerStart::Beginning) => 0,
+        };
+        reached = reached.min(position);
+    }
+    Ok(reached)
+}
+
+/// Loads a pass of work from one read snapshot, so that the cursor, the retries, the fresh
+/// events and the holds agree with each other.
 pub fn load_work(
     conn: &Connection,
     handler: &str,
     now_ms: i64,
     limit: u32,
 ) -> Result<Work, StorageError> {
-    let cursor = cursor(conn, handler)?;
-    let due = conn
-        .prepare_cached(
-            "SELECT e.id, e.event_type, e.customer_id, e.revision, e.body, d.attempts
+    let tx = conn.unchecked_transaction()?;
+    let cursor = cursor(&tx, handler)?.unwrap_or(0);
+    let mut due = tx
+        .prepare_cached(&format!(
+            "SELECT {CANDIDATE_COLUMNS}, d.attempts
              FROM handler_deliveries d JOIN events e ON e.id = d.event_id
              WHERE d.handler = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
-               AND NOT EXISTS (
-                   SELECT 1 FROM handler_deliveries o
-                   WHERE o.handler = d.handler AND o.customer_id = d.customer_id
-                     AND o.event_id < d.event_id)
-             ORDER BY d.event_id LIMIT ?3",
-        )?
+               AND NOT EXISTS ({EARLIER_HOLD})
+             ORDER BY d.event_id LIMIT ?3"
+        ))?
         .query_map(params![handler, now_ms, limit], |row| {
-            Ok(Owed {
-                event: dispatched(row)?,
-                attempts: row.get(5)?,
-            })
+            candidate(row, row.get(6)?)
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let fresh = conn
-        .prepare_cached(
-            "SELECT id, event_type, customer_id, revision, body FROM events
-             WHERE id > ?1 AND status = ?2 ORDER BY id LIMIT ?3",
-        )?
-        .query_map(params![cursor, DISPATCHED_STATUS, limit], dispatched)?
+    let mut fresh = tx
+        .prepare_cached(&format!(
+            "SELECT {CANDIDATE_COLUMNS} FROM events e
+             WHERE e.id > ?1 AND e.status = ?2 ORDER BY e.id LIMIT ?3"
+        ))?
+        .query_map(params![cursor, DISPATCHED_STATUS, limit], |row| {
+            candidate(row, 0)
+        })?
         .collect::<Result<Vec<_>, _>>()?;
-    let blocked = conn
-        .prepare_cached(
-            "SELECT DISTINCT customer_id FROM handler_deliveries
-             WHERE handler = ?1 AND customer_id IS NOT NULL",
-        )?
-        .query_map([handler], |r| r.get(0))?
-        .collect::<Result<HashSet<String>, _>>()?;
+    for candidate in due.iter_mut().chain(fresh.iter_mut()) {
+        candidate.event.customers = customers_of(&tx, &candidate.event)?;
+    }
+    let blocked = held_among(&tx, handler, fresh.iter().flat_map(|c| &c.event.customers))?;
     Ok(Work {
         cursor,
         due,
@@ -94,18 +138,56 @@ pub fn load_work(
     })
 }
 
+/// A correlated condition on an owed delivery `d`: some customer its event touches is held by
+/// an earlier owed event of the same handler. `CROSS JOIN` fixes the order: the event's one or
+/// two customers first, then a key lookup each, never a walk over every hold of the handler.
+const EARLIER_HOLD: &str = "SELECT 1 FROM event_customers t CROSS JOIN handler_holds h
+    ON h.handler = d.handler AND h.customer_id = t.customer_id AND h.event_id < t.event_id
+    WHERE t.event_id = d.event_id";
+
+/// Every customer an event touches; events logged before customers were recorded per event
+/// fall back to the one customer of the log row.
+fn customers_of(conn: &Connection, event: &DispatchedEvent) -> rusqlite::Result<Vec<String>> {
+    let mut customers = conn
+        .prepare_cached(
+            "SELECT customer_id FROM event_customers WHERE event_id = ?1 ORDER BY customer_id",
+        )?
+        .query_map([event.id], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    if customers.is_empty() {
+        customers.extend(event.customer_id.clone());
+    }
+    Ok(customers)
+}
+
+/// Which of `customers` an owed event of `handler` holds. Only the customers of the events in
+/// hand are looked up, however many customers have owed events.
+fn held_among<'a>(
+    conn: &Connection,
+    handler: &str,
+    customers: impl Iterator<Item = &'a String>,
+) -> rusqlite::Result<HashSet<String>> {
+    let mut lookup = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM handler_holds WHERE handler = ?1 AND customer_id = ?2)",
+    )?;
+    let mut seen = HashSet::new();
+    let mut held = HashSet::new();
+    for customer in customers {
+        if seen.insert(customer) && lookup.query_row(params![handler, customer], |r| r.get(0))? {
+            held.insert(customer.clone());
+        }
+    }
+    Ok(held)
+}
+
 /// The earliest time a pending retry of this handler falls due. Events parked behind an
-/// earlier owed event of their customer are left out, as in `load_work`: they cannot run before
-/// it, and counting their (past) times made an idle worker poll in a hot loop.
+/// earlier owed event of one of their customers are left out, as in `load_work`: they cannot
+/// run before it, and counting their (past) times made an idle worker poll in a hot loop.
 pub fn next_due(conn: &Connection, handler: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
+    conn.prepare_cached(&format!(
         "SELECT MIN(d.next_attempt_ms) FROM handler_deliveries d
-         WHERE d.handler = ?1 AND d.state = 'pending'
-           AND NOT EXISTS (
-               SELECT 1 FROM handler_deliveries o
-               WHERE o.handler = d.handler AND o.customer_id = d.customer_id
-                 AND o.event_id < d.event_id)",
-    )?
+         WHERE d.handler = ?1 AND d.state = 'pending' AND NOT EXISTS ({EARLIER_HOLD})"
+    ))?
     .query_row([handler], |r| r.get(0))
 }
 
@@ -122,6 +204,10 @@ pub enum Outcome {
     Dead {
         attempts: u32,
         error: String,
+    },
+    /// Passed without being dispatched, for good; the reason is recorded with the event.
+    Skipped {
+        reason: String,
     },
 }
 
@@ -140,11 +226,14 @@ pub fn record_pass(
     .execute(params![handler, cursor])?;
     for (event, outcome) in results {
         match outcome {
-            Outcome::Delivered => {
+            Outcome::Delivered => settle(conn, handler, event)?,
+            Outcome::Skipped { reason } => {
+                settle(conn, handler, event)?;
                 conn.prepare_cached(
-                    "DELETE FROM handler_deliveries WHERE handler = ?1 AND event_id = ?2",
+                    "INSERT INTO handler_skips (handler, event_id, reason, skipped_ms)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 )?
-                .execute(params![handler, event.id])?;
+                .execute(params![handler, event.id, reason, now_ms])?;
             }
             Outcome::Retry {
                 attempts,
@@ -171,6 +260,19 @@ pub fn record_pass(
                 now_ms,
             )?,
         }
+    }
+    Ok(())
+}
+
+/// The handler owes the event nothing more: it no longer holds its customers.
+fn settle(conn: &Connection, handler: &str, event: &DispatchedEvent) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM handler_deliveries WHERE handler = ?1 AND event_id = ?2")?
+        .execute(params![handler, event.id])?;
+    let mut release = conn.prepare_cached(
+        "DELETE FROM handler_holds WHERE handler = ?1 AND customer_id = ?2 AND event_id = ?3",
+    )?;
+    for customer in &event.customers {
+        release.execute(params![handler, customer, event.id])?;
     }
     Ok(())
 }
@@ -206,6 +308,13 @@ fn upsert(
         error,
         now_ms
     ])?;
+    let mut hold = conn.prepare_cached(
+        "INSERT INTO handler_holds (handler, customer_id, event_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO NOTHING",
+    )?;
+    for customer in &event.customers {
+        hold.execute(params![handler, customer, event.id])?;
+    }
     Ok(())
 }
 
@@ -228,7 +337,7 @@ pub struct HandlerStats {
 }
 
 pub fn stats(conn: &Connection, handler: &str) -> rusqlite::Result<HandlerStats> {
-    let cursor = cursor(conn, handler)?;
+    let cursor = cursor(conn, handler)?.unwrap_or(0);
     let behind: u64 = conn
         .prepare_cached("SELECT COUNT(*) FROM events WHERE id > ?1 AND status = ?2")?
         .query_row(params![cursor, DISPATCHED_STATUS], |r| r.get(0))?;
@@ -243,4 +352,119 @@ pub fn stats(conn: &Connection, handler: &str) -> rusqlite::Result<HandlerStats>
         pending,
         dead,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::test_support::TestDb;
+
+    fn applied(conn: &Connection, id: i64, customer: &str) {
+        conn.execute(
+            "INSERT INTO events (id, received_ms, event_type, customer_id, status, body_size, body)
+             VALUES (?1, 0, 'customer-updated', ?2, 'applied', 2, X'7B7D')",
+            params![id, customer],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO event_customers (event_id, customer_id) VALUES (?1, ?2)",
+            params![id, customer],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_pass_looks_up_only_the_customers_of_the_events_in_hand() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        let owed = 500;
+        for id in 1..=owed {
+            applied(&conn, id, &format!("cus_owed_{id}"));
+        }
+        let failed: Vec<(DispatchedEvent, Outcome)> = (1..=owed)
+            .map(|id| {
+                let customer = format!("cus_owed_{id}");
+                let event = DispatchedEvent {
+                    id,
+                    event_type: None,
+                    customer_id: Some(customer.clone()),
+                    revision: None,
+                    projected_revision: None,
+                    customers: vec![customer],
+                    body: Vec::new(),
+                };
+                let outcome = Outcome::Dead {
+                    attempts: 1,
+                    error: "down".into(),
+                };
+                (event, outcome)
+            })
+            .collect();
+        record_pass(&conn, "crm", owed, &failed, 0).unwrap();
+        applied(&conn, owed + 1, "cus_owed_7");
+        applied(&conn, owed + 2, "cus_fresh");
+
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        assert_eq!(work.fresh.len(), 2);
+        assert_eq!(work.blocked, HashSet::from(["cus_owed_7".to_owned()]));
+    }
+
+    #[test]
+    fn an_event_waits_behind_every_customer_it_touches() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        applied(&conn, 1, "cus_away");
+        applied(&conn, 2, "cus_target");
+        conn.execute(
+            "INSERT INTO event_customers (event_id, customer_id) VALUES (2, 'cus_away')",
+            [],
+        )
+        .unwrap();
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        assert_eq!(work.fresh[1].event.customers, ["cus_away", "cus_target"]);
+        let retry = |attempts| Outcome::Retry {
+            attempts,
+            next_attempt_ms: 0,
+            error: None,
+        };
+        let results: Vec<_> = work
+            .fresh
+            .into_iter()
+            .zip([retry(1), retry(0)])
+            .map(|(c, o)| (c.event, o))
+            .collect();
+        record_pass(&conn, "crm", 2, &results, 0).unwrap();
+
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        let due: Vec<i64> = work.due.iter().map(|c| c.event.id).collect();
+        assert_eq!(
+            due,
+            [1],
+            "the merge waits for the update of the customer merged away"
+        );
+        assert_eq!(next_due(&conn, "crm").unwrap(), Some(0));
+
+        let delivered = vec![(work.due[0].event.clone(), Outcome::Delivered)];
+        record_pass(&conn, "crm", 2, &delivered, 0).unwrap();
+        let work = load_work(&conn, "crm", 0, 10).unwrap();
+        let due: Vec<i64> = work.due.iter().map(|c| c.event.id).collect();
+        assert_eq!(due, [2]);
+    }
+
+    #[test]
+    fn a_new_handler_starts_where_it_is_configured_and_keeps_its_cursor() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        for id in 1..=3 {
+            applied(&conn, id, "cus");
+        }
+        assert_eq!(start(&conn, "new", HandlerStart::Now).unwrap(), 3);
+        assert_eq!(start(&conn, "replay", HandlerStart::Beginning).unwrap(), 0);
+        applied(&conn, 4, "cus");
+        assert_eq!(start(&conn, "new", HandlerStart::Now).unwrap(), 3);
+        let handlers = [("replay".to_owned(), HandlerStart::Beginning)];
+        assert_eq!(reached_by_all(&conn, &handlers).unwrap(), 0);
+        let unstarted = [("later".to_owned(), HandlerStart::Now)];
+        assert_eq!(reached_by_all(&conn, &unstarted).unwrap(), i64::MAX);
+    }
 }

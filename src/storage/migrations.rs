@@ -1,23 +1,78 @@
 //! Versioned schema migrations, tracked by SQLite's `user_version`.
+//!
+//! A migration that has been released is never edited, not even to fix a comment: databases
+//! created by that release already ran it, and `user_version` tells them only that it ran, not
+//! what it said. Every change, however small, goes into a new file with the next number. The
+//! tests below hold this: the released files keep their recorded digests, and a database
+//! created by the previous release (`migrations/testdata`) migrates and keeps its data.
 
 use rusqlite_migration::{M, Migrations};
 use std::sync::LazyLock;
 
-pub static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
-    Migrations::new(vec![
-        M::up(include_str!("migrations/0001_event_log.sql")),
-        M::up(include_str!("migrations/0002_readiness_probe.sql")),
-    ])
-});
+/// The migrations in order; a database at `user_version` N has run the first N.
+const FILES: [(&str, &str); 3] = [
+    (
+        "0001_event_log.sql",
+        include_str!("migrations/0001_event_log.sql"),
+    ),
+    (
+        "0002_readiness_probe.sql",
+        include_str!("migrations/0002_readiness_probe.sql"),
+    ),
+    (
+        "0003_customer_order_and_retention.sql",
+        include_str!("migrations/0003_customer_order_and_retention.sql"),
+    ),
+];
+
+pub static MIGRATIONS: LazyLock<Migrations<'static>> =
+    LazyLock::new(|| Migrations::new(FILES.iter().map(|(_, sql)| M::up(sql)).collect()));
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rusqlite::Connection;
+    use sha2::{Digest, Sha256};
+
+    /// SHA-256 of every released migration, as released. A mismatch means a released migration
+    /// was edited: put the change in a new migration instead and restore the file.
+    const RELEASED: [(&str, &str); 2] = [
+        (
+            "0001_event_log.sql",
+            "1076eb8e5abba9a04c5c5dcf713faa80e5e3ec91ca81acab284d755a2dbdd8ef",
+        ),
+        (
+            "0002_readiness_probe.sql",
+            "c5af21b24ca5bc77d5e986efc788d40370134dad8680170a3f14cf522de82e67",
+        ),
+    ];
+
+    /// A database as the release with migrations 0001 and 0002 created it.
+    const RELEASED_DATABASE: &str = include_str!("migrations/testdata/released-0002.sql");
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
 
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
+    }
+
+    #[test]
+    fn released_migrations_are_never_edited() {
+        for (name, digest) in RELEASED {
+            let (_, sql) = FILES.iter().find(|(file, _)| *file == name).unwrap();
+            assert_eq!(
+                hex(&Sha256::digest(sql.as_bytes())),
+                digest,
+                "{name} was released and must not change: add a new migration instead"
+            );
+        }
     }
 
     #[test]
@@ -31,7 +86,65 @@ mod tests {
         let again: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, FILES.len() as i64);
         assert_eq!(again, version);
+    }
+
+    #[test]
+    fn a_database_of_the_previous_release_migrates_and_keeps_its_data() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(RELEASED_DATABASE).unwrap();
+        let events = count(&conn, "SELECT COUNT(*) FROM events");
+        let customers = count(&conn, "SELECT COUNT(*) FROM customers");
+        let owed = count(&conn, "SELECT COUNT(*) FROM handler_deliveries");
+        let projection: Vec<(String, Option<i64>, Option<String>)> = conn
+            .prepare("SELECT id, revision, merged_into FROM customers ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(events > 10 && customers > 3 && owed > 5);
+
+        MIGRATIONS.to_latest(&mut conn).unwrap();
+
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM events"), events);
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM handler_deliveries"),
+            owed
+        );
+        let after: Vec<(String, Option<i64>, Option<String>)> = conn
+            .prepare("SELECT id, revision, merged_into FROM customers ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(after, projection);
+        // The merge (carol into alice) touches both customers, and so holds both back.
+        let merge_customers: Vec<String> = conn
+            .prepare(
+                "SELECT t.customer_id FROM event_customers t JOIN events e ON e.id = t.event_id
+                 WHERE e.event_type = 'customer-merged' ORDER BY t.customer_id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(merge_customers, ["cus_alice_01", "cus_carol_03"]);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM handler_holds h JOIN events e ON e.id = h.event_id
+                 WHERE e.event_type = 'customer-merged'"
+            ),
+            2
+        );
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM handler_holds"),
+            owed + 1,
+            "every owed event holds its customers"
+        );
     }
 }

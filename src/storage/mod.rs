@@ -13,14 +13,17 @@ mod events;
 pub mod handler_state;
 mod migrations;
 mod readers;
+#[cfg(test)]
+mod test_support;
 mod writer;
 
 pub use customers::CustomerPage;
-pub use events::{EventDetail, EventFilter, EventRecord, HandlerAttempt};
+pub use events::{EventDetail, EventFilter, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 pub use migrations::MIGRATIONS;
+pub use writer::RebuildReport;
 
 use crate::clock::now_ms;
-use crate::config::StorageSettings;
+use crate::config::{HandlerStart, StorageSettings};
 use crate::event::{Event, ParseError};
 use crate::handlers::DispatchedEvent;
 use crate::query::CustomerQuery;
@@ -227,8 +230,12 @@ impl Store {
     }
 
     /// Recomputes the projection from the event log; see `writer::rebuild_projection`.
-    pub async fn rebuild_projection(&self) -> Result<u64, StorageError> {
-        self.on_writer(writer::rebuild_projection).await
+    pub async fn rebuild_projection(
+        &self,
+        skip_unparsable: bool,
+    ) -> Result<RebuildReport, StorageError> {
+        self.on_writer(move |conn| writer::rebuild_projection(conn, skip_unparsable))
+            .await
     }
 
     /// One projected customer, as served (`None` if unknown).
@@ -257,6 +264,16 @@ impl Store {
     /// The raw body of an event (`None` if unknown or pruned).
     pub async fn raw_body(&self, id: i64) -> Result<Option<Vec<u8>>, StorageError> {
         self.read(move |conn| events::raw_body(conn, id)).await
+    }
+
+    /// Gives a handler seen for the first time its starting cursor; returns its cursor.
+    pub async fn start_handler(
+        &self,
+        handler: String,
+        from: HandlerStart,
+    ) -> Result<i64, StorageError> {
+        self.write(move |tx| Ok(handler_state::start(tx, &handler, from)?))
+            .await
     }
 
     /// What a handler has to do now: due retries and new events after its cursor.
@@ -297,15 +314,16 @@ impl Store {
             .await
     }
 
-    /// Clears up to `limit` raw bodies received before `cutoff_ms`, sparing every body that
-    /// one of `handlers` has yet to deliver; returns how many were cleared.
+    /// One step of a pruning pass: looks at up to `limit` bodies received before `cutoff_ms`
+    /// (after `after`) and clears those that neither `handlers` nor the projection still need.
     pub async fn prune_bodies(
         &self,
         cutoff_ms: i64,
-        handlers: Vec<String>,
+        handlers: Vec<(String, HandlerStart)>,
+        after: PruneKey,
         limit: i64,
-    ) -> Result<u64, StorageError> {
-        self.write(move |tx| events::prune_bodies(tx, cutoff_ms, &handlers, limit))
+    ) -> Result<PruneStep, StorageError> {
+        self.write(move |tx| events::prune_bodies(tx, cutoff_ms, &handlers, after, limit))
             .await
     }
 

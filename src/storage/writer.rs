@@ -237,6 +237,12 @@ fn ingest_one(
                 event,
                 &delivery.prepared,
             )?;
+            if row.status == Status::Applied {
+                events::record_customers(conn, id, &touched(event))?;
+                if let Some(customer) = row.customer_id {
+                    row.projected_revision = events::projected_revision(conn, customer)?;
+                }
+            }
         }
     }
     events::insert(conn, &row)?;
@@ -244,6 +250,24 @@ fn ingest_one(
         event_id: id,
         status: row.status,
     })
+}
+
+/// Every customer an event touches, each once: handlers hold the event behind all of them.
+fn touched(event: &Event) -> Vec<&str> {
+    let mut customers: Vec<&str> = match event {
+        Event::CustomerCreated(e) | Event::CustomerUpdated(e) => vec![e.customer.id.as_str()],
+        Event::CustomerMerged(e) => std::iter::once(e.duplicated.id.as_str())
+            .chain(std::iter::once(e.target_id.as_str()))
+            .chain(e.target.iter().map(|t| t.id.as_str()))
+            .collect(),
+        Event::ExperianCheckPerformed(e) => std::iter::once(e.customer_id.as_str())
+            .chain(e.customer.iter().map(|c| c.id.as_str()))
+            .collect(),
+        Event::Other { .. } => Vec::new(),
+    };
+    customers.sort_unstable();
+    customers.dedup();
+    customers
 }
 
 fn reject(row: &mut EventRow<'_>, error: &ParseError) {
@@ -285,25 +309,49 @@ fn classify(
     Ok(())
 }
 
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildReport {
+    /// Events replayed through the projection.
+    pub replayed: u64,
+    /// Events whose stored body no longer parses, left out because the caller allowed it.
+    pub skipped_unparsable: Vec<i64>,
+}
+
 /// Recomputes the projection and the dedupe keys from the event log alone, replaying every
 /// stored body in arrival order through the same rules as live ingest. Statuses in the log are
-/// history and stay as they are. Returns the number of events replayed.
-pub fn rebuild_projection(conn: &mut Connection) -> Result<u64, StorageError> {
+/// history and stay as they are.
+///
+/// Retention keeps every body the projection rests on (see `events::prune_bodies`), so the
+/// replay reproduces the live projection: each customer's current snapshot, latest Experian
+/// check and merge are among the replayed bodies, and an older body that was pruned had been
+/// superseded by one of them. (This holds because rule 2 orders one customer's snapshots
+/// totally when they all carry revisions, as Rebilly's do, or all lack them; a history mixing
+/// both is not transitive, and pruning its middle could let a rebuild order it differently.)
+/// Dedupe keys owned by pruned events cannot be recomputed, so they
+/// are kept as they are: a redelivery of a pruned event stays a duplicate. A body that no
+/// longer parses fails the rebuild (nothing changes) unless `skip_unparsable` allows leaving
+/// it out; either way its id is reported.
+pub fn rebuild_projection(
+    conn: &mut Connection,
+    skip_unparsable: bool,
+) -> Result<RebuildReport, StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let pruned: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM events
-         WHERE body IS NULL AND duplicate_of IS NULL AND status != 'rejected'",
-        [],
-        |r| r.get(0),
-    )?;
-    if pruned > 0 {
+    let missing = events::pruned_foundations(&tx)?;
+    if !missing.is_empty() {
         return Err(StorageError::Incomplete(format!(
-            "{pruned} event bodies were pruned by retention; the projection cannot be rebuilt"
+            "the projection rests on the bodies of events {} and they were pruned; it cannot be \
+             rebuilt",
+            id_list(&missing)
         )));
     }
-    tx.execute_batch("DELETE FROM customers; DELETE FROM dedupe_keys;")?;
+    tx.execute_batch(
+        "DELETE FROM customers;
+         DELETE FROM dedupe_keys WHERE event_id IN (SELECT id FROM events WHERE body IS NOT NULL);",
+    )?;
     let projection = CustomerProjection;
-    let mut replayed = 0;
+    let mut report = RebuildReport::default();
     {
         let mut statement = tx.prepare(
             "SELECT id, body FROM events
@@ -314,16 +362,33 @@ pub fn rebuild_projection(conn: &mut Connection) -> Result<u64, StorageError> {
             let id: i64 = row.get(0)?;
             let body: Vec<u8> = row.get(1)?;
             let Ok(event) = crate::event::parse(&body) else {
+                report.skipped_unparsable.push(id);
                 continue;
             };
             let (keys, prepared) = prepare(&body, Some(&event));
             let mut scratch = EventRow::new(id, 0, None);
             classify(&tx, &projection, &mut scratch, &keys, &event, &prepared)?;
-            replayed += 1;
+            report.replayed += 1;
         }
     }
+    if !report.skipped_unparsable.is_empty() && !skip_unparsable {
+        // Dropping the transaction rolls back: the projection stays as it was.
+        return Err(StorageError::Incomplete(format!(
+            "the stored bodies of events {} no longer parse; nothing was changed (rebuild \
+             with --skip-unparsable to leave them out)",
+            id_list(&report.skipped_unparsable)
+        )));
+    }
     tx.commit()?;
-    Ok(replayed)
+    Ok(report)
+}
+
+/// Event ids for a message: all of them, as an operator needs each to look it up.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -133,6 +133,9 @@ pub struct Daemon {
     pub child: Child,
     pub address: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// The thread draining stderr; joined once the process has exited, so that `log` then
+    /// holds every line the daemon wrote.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -151,7 +154,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(String::new()));
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut found = Some(address_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -178,6 +181,7 @@ impl Daemon {
             child,
             address,
             log,
+            reader: Some(reader),
         }
     }
 
@@ -205,6 +209,10 @@ impl Daemon {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The pipe closed with the process: the reader ends after the last line.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() > deadline {

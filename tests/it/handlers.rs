@@ -26,6 +26,8 @@ struct Received {
     event_id: Option<i64>,
     customer: Option<String>,
     revision: Option<i64>,
+    /// What the projection held for the customer, as the daemon says.
+    projected_revision: Option<i64>,
     /// Whether the target answered 2xx.
     accepted: bool,
 }
@@ -161,6 +163,8 @@ async fn hook(
         event_id: header("x-rebilly-webhookd-event-id").and_then(|v| v.parse().ok()),
         customer,
         revision,
+        projected_revision: header("x-rebilly-webhookd-projected-revision")
+            .and_then(|v| v.parse().ok()),
         accepted: !fail,
     });
     if fail {
@@ -658,4 +662,182 @@ async fn handler_state_survives_a_restart() {
         })
         .await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where a handler starts, pruned bodies, and order across the customers an event touches
+// ---------------------------------------------------------------------------------------------
+
+/// Adds `table` to the configuration file of `app`, for its next start.
+fn add_to_config(app: &TestApp, table: &str) {
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(&app.config_path, format!("{config}\n{table}")).unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_added_later_starts_after_the_newest_event() {
+    let target = Target::start().await;
+    let app = common::spawn_app().await;
+    let mut before = Vec::new();
+    for revision in 1..=3 {
+        let body = customer_event("customer-updated", "cus_added_later", revision, json!({}));
+        before.push(deliver_applied(&app, &body).await);
+    }
+    add_to_config(&app, &target.handler_toml("crm", 3, 20, 100));
+    let app = app.restart().await;
+
+    let after = deliver_applied(
+        &app,
+        &customer_event("customer-updated", "cus_added_later", 4, json!({})),
+    )
+    .await;
+    eventually("the event after the start is forwarded", || async {
+        target.was_accepted(after)
+    })
+    .await;
+    let forwarded: Vec<i64> = target
+        .requests()
+        .iter()
+        .filter_map(|r| r.event_id)
+        .collect();
+    assert_eq!(
+        forwarded,
+        [after],
+        "nothing from before the handler existed"
+    );
+    for id in before {
+        assert_eq!(handler_entry(&app, id, "crm").await, None);
+    }
+}
+
+#[tokio::test]
+async fn a_handler_from_the_beginning_skips_pruned_bodies_and_records_why() {
+    let target = Target::start().await;
+    let app = common::spawn_app().await;
+    let superseded = deliver_applied(
+        &app,
+        &customer_event("customer-created", "cus_from_start", 1, json!({})),
+    )
+    .await;
+    let current_body = customer_event("customer-updated", "cus_from_start", 2, json!({}));
+    let current = deliver_applied(&app, &current_body).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let output = run_cli_async(
+        &app.config_path,
+        &["events", "prune", "--older-than-days", "0", "--yes"],
+    )
+    .await;
+    assert_success(&output);
+    assert!(event_detail(&app, superseded).await["body"].is_null());
+
+    add_to_config(
+        &app,
+        &format!(
+            "{}start = \"beginning\"\n",
+            target.handler_toml("crm", 3, 20, 100)
+        ),
+    );
+    let app = app.restart().await;
+    eventually("the kept event is forwarded", || async {
+        target.was_accepted(current)
+    })
+    .await;
+    let requests = target.requests();
+    assert!(
+        requests.iter().all(|r| r.event_id != Some(superseded)),
+        "a pruned body is never dispatched: {requests:?}"
+    );
+    assert!(requests.iter().all(|r| !r.body.is_empty()));
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].body, current_body);
+    let entry = handler_entry(&app, superseded, "crm").await.unwrap();
+    assert_eq!(entry["state"], "skipped", "{entry}");
+    assert!(
+        entry["lastError"].as_str().unwrap().contains("pruned"),
+        "{entry}"
+    );
+    assert_eq!(handler_entry(&app, current, "crm").await, None);
+}
+
+#[tokio::test]
+async fn a_merge_waits_for_an_undelivered_update_of_the_customer_merged_away() {
+    let target = Target::start().await;
+    target
+        .rules()
+        .fail_customers
+        .insert("cus_merged_away".into());
+    let app = common::spawn_app_with(&target.handler_toml("crm", 100, 20, 50)).await;
+
+    let update = deliver_applied(
+        &app,
+        &customer_event("customer-updated", "cus_merged_away", 3, json!({})),
+    )
+    .await;
+    eventually("the update of the merged-away customer failed", || async {
+        !target.attempts_for(update).is_empty()
+    })
+    .await;
+    let merge = deliver_applied(
+        &app,
+        &merge_event("cus_merge_into", Some(2), "cus_merged_away", 4),
+    )
+    .await;
+    // Events are considered in log order: once the marker is through, the merge was reached.
+    let marker = deliver_applied(
+        &app,
+        &customer_event("customer-created", "cus_merge_marker", 1, json!({})),
+    )
+    .await;
+    eventually("the marker is forwarded", || async {
+        target.was_accepted(marker)
+    })
+    .await;
+    assert!(
+        target.attempts_for(merge).is_empty(),
+        "the merge waits behind the undelivered update of the customer it merges away"
+    );
+    let entry = handler_entry(&app, merge, "crm").await.unwrap();
+    assert_eq!(entry["state"], "pending", "{entry}");
+
+    target.rules().fail_customers.clear();
+    eventually("the merge is forwarded", || async {
+        target.was_accepted(merge)
+    })
+    .await;
+    let accepted: Vec<i64> = target
+        .accepted()
+        .iter()
+        .filter_map(|r| r.event_id)
+        .collect();
+    let position = |id| accepted.iter().position(|a| *a == id).unwrap();
+    assert!(position(update) < position(merge), "{accepted:?}");
+}
+
+#[tokio::test]
+async fn handlers_are_told_what_revision_the_projection_holds() {
+    let target = Target::start().await;
+    let app = common::spawn_app_with(&target.handler_toml("crm", 3, 20, 100)).await;
+    let current = deliver_applied(
+        &app,
+        &customer_event("customer-updated", "cus_projected", 5, json!({})),
+    )
+    .await;
+    // An Experian check embedding an older revision: the check is new, the snapshot is not.
+    let check = deliver_applied(
+        &app,
+        &experian_event("cus_projected", 3, 1, "match", "000", ""),
+    )
+    .await;
+    eventually("both events are forwarded", || async {
+        target.was_accepted(current) && target.was_accepted(check)
+    })
+    .await;
+    let forwarded = target.attempts_for(check).remove(0);
+    assert_eq!(
+        forwarded.revision,
+        Some(3),
+        "the body is forwarded as received"
+    );
+    assert_eq!(forwarded.projected_revision, Some(5));
+    assert_eq!(target.attempts_for(current)[0].projected_revision, Some(5));
 }

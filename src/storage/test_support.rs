@@ -1,0 +1,55 @@
+//! Helpers for storage unit tests: a migrated database file, and writes that commit while a
+//! reader is in the middle of its statements.
+
+use super::MIGRATIONS;
+use rusqlite::Connection;
+use std::path::PathBuf;
+
+/// A migrated database in its own temporary folder.
+pub struct TestDb {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+/// Writes committed by `write_at_every_step` at most, so that a long read still ends.
+const MAX_WRITES: u32 = 200;
+
+impl TestDb {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        MIGRATIONS.to_latest(&mut conn).unwrap();
+        Self { _dir: dir, path }
+    }
+
+    pub fn connect(&self) -> Connection {
+        let conn = Connection::open(&self.path).unwrap();
+        // Tests need no durability, and a sync per statement made them slow.
+        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        conn
+    }
+
+    /// Commits `sql` on another connection at every step of the virtual machine `reader`
+    /// runs from now on (up to a limit), as if a busy writer committed all along. Two
+    /// statements of `reader` see the same rows only if they share one read transaction.
+    pub fn write_at_every_step(&self, reader: &Connection, sql: &'static str) {
+        // Load the schema first, so that the steps counted are those of the statements.
+        reader
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))
+            .unwrap();
+        let writer = self.connect();
+        let mut writes = 0;
+        reader.progress_handler(
+            1,
+            Some(move || {
+                if writes < MAX_WRITES {
+                    writes += 1;
+                    writer.execute_batch(sql).unwrap();
+                }
+                false
+            }),
+        );
+    }
+}

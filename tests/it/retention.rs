@@ -1,0 +1,264 @@
+//! Retention and rebuild: pruning keeps every body the projection rests on, so that a rebuild
+//! from the log alone reproduces the live projection; bodies that no longer parse are named.
+
+use crate::common::{self, *};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+/// Every row of a table, as text, in the given order.
+fn table(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn.prepare(sql).unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map([], |row| {
+            (0..columns)
+                .map(|i| {
+                    row.get::<_, rusqlite::types::Value>(i)
+                        .map(|v| format!("{v:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+fn customers_table(db: &Path) -> Vec<Vec<String>> {
+    table(db, "SELECT * FROM customers ORDER BY id")
+}
+
+/// The log without its bodies: what pruning and rebuilding must leave as it was.
+fn event_metadata(db: &Path) -> Vec<Vec<String>> {
+    table(
+        db,
+        "SELECT id, received_ms, event_type, customer_id, revision, status, error, duplicate_of,
+                body_size, projected_revision
+         FROM events ORDER BY id",
+    )
+}
+
+/// Events without a body (pruned, or byte-identical redeliveries, which never keep one).
+fn bodiless(db: &Path) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn
+        .prepare("SELECT id FROM events WHERE body IS NULL ORDER BY id")
+        .unwrap();
+    statement
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+async fn every_customer(app: &TestApp, ids: &[&str]) -> Vec<Value> {
+    let mut customers = vec![list(app, "/customers?limit=1000").await.into()];
+    for id in ids {
+        customers.push(app.customer(id).await);
+    }
+    customers
+}
+
+const CUSTOMERS: [&str; 8] = [
+    "cus_ret_a",
+    "cus_ret_b",
+    "cus_ret_dup",
+    "cus_ret_target",
+    "cus_ret_early_dup",
+    "cus_ret_early_target",
+    "cus_ret_plain",
+    "cus_ret_checked_only",
+];
+
+/// A history in which most bodies are superseded: revisions out of order, redeliveries,
+/// semantic duplicates, Experian checks embedding newer and older revisions, a merge whose
+/// merged-away snapshot is older than one already seen, a merge that arrives first, a customer
+/// without revisions, an Experian check for a customer never described, ignored and rejected
+/// bodies. Returns a body whose event will be pruned, and a semantic duplicate of another.
+async fn deliver_prunable_history(app: &TestApp) -> (Vec<u8>, Vec<u8>) {
+    let a1 = customer_event("customer-created", "cus_ret_a", 1, json!({}));
+    let mut bodies = vec![
+        a1.clone(),
+        customer_event("customer-updated", "cus_ret_a", 3, json!({"city": "Nice"})),
+        customer_event("customer-updated", "cus_ret_a", 2, json!({})),
+        customer_event(
+            "customer-updated",
+            "cus_ret_a",
+            3,
+            json!({"note": "same revision"}),
+        ),
+        customer_event("customer-updated", "cus_ret_a", 5, json!({"tags": ["vip"]})),
+        a1.clone(),
+        customer_event("customer-created", "cus_ret_b", 1, json!({})),
+        experian_event("cus_ret_b", 4, 1, "match", "000", ""),
+        customer_event("customer-updated", "cus_ret_b", 2, json!({})),
+        experian_event("cus_ret_b", 3, -1, "mismatch", "002", "Address differs"),
+        customer_event("customer-created", "cus_ret_dup", 4, json!({})),
+        customer_event("customer-updated", "cus_ret_dup", 6, json!({})),
+        customer_event("customer-created", "cus_ret_target", 1, json!({})),
+        merge_event("cus_ret_target", Some(2), "cus_ret_dup", 5),
+        customer_event("customer-updated", "cus_ret_dup", 7, json!({})),
+        merge_event("cus_ret_early_target", Some(3), "cus_ret_early_dup", 2),
+        customer_event("customer-created", "cus_ret_early_dup", 1, json!({})),
+        customer_event("customer-created", "cus_ret_early_target", 1, json!({})),
+        unrevisioned_event(
+            "customer-created",
+            "cus_ret_plain",
+            Some("2026-03-01T10:00:00Z"),
+            json!({}),
+        ),
+        unrevisioned_event(
+            "customer-updated",
+            "cus_ret_plain",
+            Some("2026-03-02T10:00:00Z"),
+            json!({"city": "Lille"}),
+        ),
+        unrevisioned_event(
+            "customer-updated",
+            "cus_ret_plain",
+            Some("2026-03-01T12:00:00Z"),
+            json!({}),
+        ),
+        serde_json::to_vec(&json!({
+            "eventType": "experian-check-performed", "customerId": "cus_ret_checked_only",
+            "outcome": 0, "reason": "no match", "errorCode": "001", "errorMessage": ""
+        }))
+        .unwrap(),
+        serde_json::to_vec(&json!({"eventType": "invoice-paid", "customerId": "cus_ret_a"}))
+            .unwrap(),
+    ];
+    bodies.push(customer_event(
+        "customer-updated",
+        "cus_ret_a",
+        4,
+        json!({}),
+    ));
+    for body in bodies {
+        assert_eq!(app.deliver(body).await.status(), 200);
+    }
+    let rejected = app
+        .deliver(common::fixture("rejected/truncated.json"))
+        .await;
+    assert!(rejected.status().is_client_error());
+    let semantic_duplicate = customer_event("customer-updated", "cus_ret_a", 2, json!({"x": 1}));
+    (a1, semantic_duplicate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_then_rebuilding_reproduces_the_live_projection() {
+    let mut app = common::spawn_app().await;
+    let (pruned_body, semantic_duplicate) = deliver_prunable_history(&app).await;
+    let served_before = every_customer(&app, &CUSTOMERS).await;
+    let table_before = customers_table(&app.db_path);
+    let log_before = event_metadata(&app.db_path);
+    let redeliveries = bodiless(&app.db_path);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let output = run_cli_async(
+        &app.config_path,
+        &["events", "prune", "--older-than-days", "0", "--yes"],
+    )
+    .await;
+    assert_success(&output);
+    let mut pruned = bodiless(&app.db_path);
+    pruned.retain(|id| !redeliveries.contains(id));
+    assert!(
+        pruned.len() >= 10,
+        "most bodies were superseded: {pruned:?}"
+    );
+    assert_eq!(stdout_json(&output)["pruned"], pruned.len());
+    assert_eq!(customers_table(&app.db_path), table_before);
+    app.stop().await;
+
+    // Rebuild from the log alone, with the projection gone.
+    rusqlite::Connection::open(&app.db_path)
+        .unwrap()
+        .execute_batch("DELETE FROM customers;")
+        .unwrap();
+    let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
+    assert_success(&output);
+    assert_eq!(stdout_json(&output)["skippedUnparsable"], json!([]));
+    assert_eq!(customers_table(&app.db_path), table_before);
+    assert_eq!(event_metadata(&app.db_path), log_before);
+    // A second pruning pass finds nothing more, and rebuilding again changes nothing.
+    let output = run_cli_async(
+        &app.config_path,
+        &["events", "prune", "--older-than-days", "0", "--yes"],
+    )
+    .await;
+    assert_eq!(stdout_json(&output)["pruned"], 0);
+
+    let app = app.restart().await;
+    assert_eq!(every_customer(&app, &CUSTOMERS).await, served_before);
+    // Dedupe keys of pruned events survive the rebuild: their redeliveries stay duplicates.
+    assert_eq!(status_of(&app, pruned_body).await, "duplicate");
+    assert_eq!(status_of(&app, semantic_duplicate).await, "duplicate");
+    // And the projection keeps applying the same rules.
+    let newer = customer_event("customer-updated", "cus_ret_a", 6, json!({}));
+    assert_eq!(status_of(&app, newer).await, "applied");
+    let late = customer_event("customer-updated", "cus_ret_dup", 9, json!({}));
+    assert_eq!(status_of(&app, late).await, "stale");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_no_longer_parses_fails_the_rebuild_unless_skipped() {
+    let mut app = common::spawn_app().await;
+    let (superseded, _) = app
+        .deliver_ok(customer_event(
+            "customer-created",
+            "cus_unparsable",
+            1,
+            json!({}),
+        ))
+        .await;
+    let current = deliver_applied(
+        &app,
+        &customer_event("customer-updated", "cus_unparsable", 2, json!({})),
+    )
+    .await;
+    app.stop().await;
+    let table_before = customers_table(&app.db_path);
+    // A body stored by an older release that this one no longer reads.
+    rusqlite::Connection::open(&app.db_path)
+        .unwrap()
+        .execute(
+            "UPDATE events SET body = CAST('{\"eventType\": \"customer-created\"' AS BLOB)
+             WHERE id = ?1",
+            [superseded],
+        )
+        .unwrap();
+    rusqlite::Connection::open(&app.db_path)
+        .unwrap()
+        .execute(
+            "UPDATE customers SET snapshot = '{}' WHERE id = 'cus_unparsable'",
+            [],
+        )
+        .unwrap();
+
+    let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
+    assert!(
+        !output.status.success(),
+        "an unparsable body fails the rebuild"
+    );
+    let message = stderr(&output);
+    assert!(message.contains(&superseded.to_string()), "{message}");
+    assert!(message.contains("--skip-unparsable"), "{message}");
+    assert!(!message.contains(&current.to_string()), "{message}");
+    assert_ne!(
+        customers_table(&app.db_path),
+        table_before,
+        "nothing was changed"
+    );
+
+    let output = run_cli_async(
+        &app.config_path,
+        &["projection", "rebuild", "--skip-unparsable"],
+    )
+    .await;
+    assert_success(&output);
+    let report = stdout_json(&output);
+    assert_eq!(report["skippedUnparsable"], json!([superseded]), "{report}");
+    assert_eq!(report["replayed"], 1, "{report}");
+    assert_eq!(customers_table(&app.db_path), table_before);
+}
