@@ -42,8 +42,8 @@ PY
 
 if command -v promtool >/dev/null; then
   promtool check rules "$work/dashboard.rules.yml" >/dev/null
-  echo "-- promtool check rules"
-  promtool check rules deploy/prometheus/rebilly-webhookd.rules.yml
+  echo "-- promtool check config (which checks the rules it loads)"
+  promtool check config deploy/prometheus/prometheus.example.yml
   echo "-- promtool test rules"
   (cd deploy/prometheus && promtool test rules rebilly-webhookd.rules.test.yml)
 else
