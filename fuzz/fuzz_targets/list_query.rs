@@ -13,7 +13,7 @@ use rebilly_webhookd::query::{
     CustomerQuery, EventListOptions, ListOptions, MAX_LIMIT, parse_event_filter,
 };
 use rebilly_webhookd::storage::Store;
-use rebilly_webhookd_fuzz::{open_store, runtime};
+use rebilly_webhookd_fuzz::{open_store, runtime, scratch_dir};
 use std::sync::OnceLock;
 use tokio::runtime::Runtime;
 
@@ -40,7 +40,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("a temporary folder");
+        let dir = scratch_dir();
         let runtime = runtime();
         let store = runtime.block_on(async {
             let store = open_store(dir.path());

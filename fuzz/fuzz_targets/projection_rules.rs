@@ -17,7 +17,7 @@ use rebilly_webhookd::auth::AuthenticatedBody;
 use rebilly_webhookd::ingest::Pipeline;
 use rebilly_webhookd::query::{CustomerQuery, ListOptions};
 use rebilly_webhookd::storage::Status;
-use rebilly_webhookd_fuzz::{open_store, runtime};
+use rebilly_webhookd_fuzz::{open_store, runtime, scratch_dir};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 
@@ -234,7 +234,7 @@ struct Projection {
 }
 
 fn deliver(deliveries: &[&Delivery]) -> Projection {
-    let dir = tempfile::tempdir().expect("a temporary folder");
+    let dir = scratch_dir();
     runtime().block_on(async {
         let store = open_store(dir.path());
         let pipeline = Pipeline::new(store.clone());

@@ -13,6 +13,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// A temporary folder, in memory when the system has one (`/dev/shm`), since the targets
+/// open a fresh database for every input and need no durability.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("a temporary folder")
+}
+
 /// Opens a store on `dir/fuzz.db`, with the built-in defaults but without syncing every commit.
 pub fn open_store(dir: &Path) -> Store {
     let settings = load_settings(&format!(

@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod digest;
 mod edge;
+mod fuzz_regressions;
 mod handlers;
 mod ingest;
 mod limits;
