@@ -56,7 +56,8 @@ if command -v systemd-analyze >/dev/null; then
   sed "s#/usr/local/bin/rebilly-webhookd#$binary#g" \
     deploy/systemd/rebilly-webhookd.service > "$work/rebilly-webhookd.service"
   systemd-analyze verify "$work/rebilly-webhookd.service"
-  systemd-analyze security --offline=yes --threshold=2 "$work/rebilly-webhookd.service" \
+  # The threshold is in tenths of the printed exposure: fail above 2.0 (the unit rates 1.1).
+  systemd-analyze security --offline=yes --threshold=20 "$work/rebilly-webhookd.service" \
     | tail -1
 else
   echo "SKIPPED: systemd-analyze not found; the systemd unit was not verified"
