@@ -12,6 +12,7 @@ mod digest;
 mod disk;
 mod edge;
 mod filters;
+mod fuzz_regressions;
 mod handlers;
 mod ingest;
 mod limits;
