@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use rebilly_webhookd::auth::AuthenticatedBody;
 use rebilly_webhookd::ingest::Pipeline;
 use rebilly_webhookd::query::{
-    CustomerQuery, EventListOptions, ListOptions, MAX_LIMIT, parse_event_filter,
+    CustomerQuery, EventListOptions, ListOptions, MAX_LIMIT, parse_event_query,
 };
 use rebilly_webhookd::storage::Store;
 use rebilly_webhookd_fuzz::{open_store, runtime, scratch_dir};
@@ -28,6 +28,7 @@ struct Options {
     customer_id: Option<String>,
     status: Option<String>,
     event_type: Option<String>,
+    event_filter: Option<String>,
 }
 
 struct Fixture {
@@ -89,10 +90,11 @@ fuzz_target!(|options: Options| {
         customer_id: options.customer_id,
         status: options.status,
         event_type: options.event_type,
+        filter: options.event_filter,
         limit: list.limit,
         offset: list.offset,
     };
-    if let Ok(filter) = parse_event_filter(&events) {
+    if let Ok(filter) = parse_event_query(&events) {
         let debug = format!("{filter:?}");
         if let Err(error) = fixture.runtime.block_on(fixture.store.events(filter)) {
             panic!("an accepted event filter failed in storage: {debug}: {error}");
