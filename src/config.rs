@@ -616,13 +616,18 @@ impl Settings {
                 ));
             }
         }
-        if let Some(token) = &self.api.token
-            && token.expose().chars().count() < MIN_EXPOSED_TOKEN_CHARS
-        {
+        // Without a token the query endpoints answer 401 to everyone, but a deployment that
+        // exposes the port and forgot the token is a mistake worth naming at start-up.
+        let long_enough = self
+            .api
+            .token
+            .as_ref()
+            .is_some_and(|token| token.expose().chars().count() >= MIN_EXPOSED_TOKEN_CHARS);
+        if !long_enough {
             return Err(invalid(
                 "api.token",
                 format!(
-                    "must be at least {MIN_EXPOSED_TOKEN_CHARS} characters when listening \
+                    "must be set, at least {MIN_EXPOSED_TOKEN_CHARS} characters, when listening \
                      beyond loopback ({})",
                     self.server.listen
                 ),
@@ -949,6 +954,18 @@ mod tests {
         assert!(
             error.contains("api.token") && error.contains("32"),
             "{error}"
+        );
+        let error = load_with_env(
+            own_basic,
+            &[("REBILLY_WEBHOOKD__SERVER__LISTEN", "[::]:8080")],
+        )
+        .unwrap()
+        .require_safe_exposure()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("api.token") && error.contains("must be set"),
+            "a missing token is named: {error}"
         );
     }
 
