@@ -5,11 +5,13 @@
 pub mod bodies;
 pub mod http;
 pub mod process;
+pub mod raw;
 pub mod wait;
 
 pub use bodies::*;
 pub use http::*;
 pub use process::*;
+pub use raw::*;
 pub use wait::*;
 
 use base64::Engine;
