@@ -8,6 +8,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
 fn customers_table(db: &Path) -> Vec<Vec<String>> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut statement = conn.prepare("SELECT * FROM customers ORDER BY id").unwrap();
@@ -373,7 +380,13 @@ async fn pruning_clears_bodies_but_keeps_metadata_and_the_projection() {
     for &id in &ids {
         details_before.push(event_detail(&app, id).await);
     }
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // `--older-than-days 0` prunes what was received before now: wait until the clock has
+    // passed the millisecond of the last answer.
+    let answered = now_ms();
+    eventually("the clock moves past the last delivery", || async {
+        now_ms() > answered
+    })
+    .await;
 
     // Without --yes nothing happens.
     let output = run_cli_async(
