@@ -15,3 +15,4 @@ mod operations;
 mod projection;
 mod properties;
 mod queries;
+mod vectors;
