@@ -432,6 +432,42 @@ async fn a_delivery_from_an_allowed_network_is_accepted() {
     assert_eq!(total, 1);
 }
 
+/// Whether this machine accepts IPv4 connections on an IPv6 wildcard socket.
+fn dual_stack() -> bool {
+    let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+        return false;
+    };
+    let port = listener.local_addr().unwrap().port();
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test]
+async fn an_ipv4_client_of_a_dual_stack_listener_matches_ipv4_networks() {
+    if !dual_stack() {
+        eprintln!("skipped: this machine has no dual-stack sockets");
+        return;
+    }
+    // On `[::]` an IPv4 client appears as `::ffff:127.0.0.1`; it must still match 127.0.0.0/8.
+    let config = common::config_text("[::]:0", std::path::Path::new("{db}"), "");
+    let app = common::spawn_app_with(&format!(
+        "#replace{config}\n[auth]\nallowed_networks = [\"127.0.0.0/8\"]\n"
+    ))
+    .await;
+    let response = app
+        .client
+        .post(format!(
+            "http://127.0.0.1:{}/webhooks/rebilly",
+            app.address.port()
+        ))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(fixture("deliveries/01-customer-created-alice.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted(response).await.1, "applied");
+}
+
 #[tokio::test]
 async fn a_delivery_from_outside_the_allowed_networks_is_forbidden_and_nothing_is_stored() {
     let app = common::spawn_app_with("[auth]\nallowed_networks = [\"203.0.113.0/24\"]\n").await;

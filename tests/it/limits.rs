@@ -36,6 +36,27 @@ async fn a_body_over_the_limit_with_content_length_is_refused_413_and_nothing_is
 }
 
 #[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_413_before_the_body_arrives() {
+    let app = common::spawn_app_with(&config_with_body_limit(1024)).await;
+    // The head declares far more than the limit; only a few bytes of the body follow, and the
+    // connection stays open: the answer must come from the declared length alone.
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let head = delivery_head(app.address, &basic_value(USER, PASSWORD), 100_000_000);
+    stream
+        .write_all(format!("{head}\r\n{{\"eventType\":").as_bytes())
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert_eq!(response.status, 413, "{}{}", response.head, response.body);
+    assert!(
+        response.head.contains("application/problem+json"),
+        "{}",
+        response.head
+    );
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
 async fn a_chunked_body_over_the_limit_is_refused_413_and_nothing_is_stored() {
     let app = common::spawn_app_with(&config_with_body_limit(2048)).await;
     let body = padded_body("cus_chunked_1", 4500);
