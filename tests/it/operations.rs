@@ -503,18 +503,12 @@ async fn acknowledged_load(
     acknowledged
 }
 
-/// Waits until a new connection to `address` is refused: the listener is closed.
+/// Waits until a new connection to `address` is refused: the listener is closed. (A probe
+/// caught in the accept queue as the listener closes is reset instead; it is only a probe.)
 async fn wait_for_listener_closed(address: std::net::SocketAddr) {
     eventually("the listener closes", || async move {
         match tokio::net::TcpStream::connect(address).await {
-            Err(error) => {
-                assert_eq!(
-                    error.kind(),
-                    std::io::ErrorKind::ConnectionRefused,
-                    "a connection after the signal fails only by being refused"
-                );
-                true
-            }
+            Err(error) => error.kind() == std::io::ErrorKind::ConnectionRefused,
             Ok(_) => false,
         }
     })
