@@ -176,6 +176,16 @@ async fn events_can_be_inspected_and_replayed() {
     assert!(replayed > rejected, "a replay is a new event");
     let detail = event_detail(&app, replayed).await;
     assert_eq!(detail["status"], "duplicate");
+    // A byte-identical duplicate keeps no body of its own: replaying it replays its original's.
+    let answer: Value = app
+        .api_post(&format!("/events/{replayed}/replay"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["replayOf"], replayed);
+    assert_eq!(answer["status"], "duplicate");
+    let replayed = answer["eventId"].as_i64().unwrap();
 
     let answer: Value = app
         .api_post(&format!("/events/{rejected}/replay"))
