@@ -211,6 +211,43 @@ async fn any_configured_header_secret_value_passes_alongside_basic() {
 }
 
 #[tokio::test]
+async fn without_basic_credentials_a_refusal_offers_no_basic_challenge() {
+    let config = format!(
+        r#"#replace
+[server]
+listen = "127.0.0.1:0"
+
+[storage]
+path = "{{db}}"
+synchronous = "normal"
+
+[api]
+token = "{API_TOKEN}"
+{HEADER_SECRETS}"#
+    );
+    let app = common::spawn_app_with(&config).await;
+    let response = app
+        .webhook_request()
+        .header("X-Webhook-Token", "wrong")
+        .body(customer_event(
+            "customer-created",
+            "cus_hdr_only",
+            1,
+            json!({}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers().get("www-authenticate").is_none(),
+        "no Basic challenge when Basic is not configured: {:?}",
+        response.headers()
+    );
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
 async fn a_wrong_or_missing_header_secret_is_refused_and_nothing_is_stored() {
     let app = common::spawn_app_with(HEADER_SECRETS).await;
     let body = || customer_event("customer-created", "cus_hdr_x", 1, json!({}));
