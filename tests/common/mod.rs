@@ -2,15 +2,19 @@
 //! it over HTTP the way Rebilly and an operator would.
 #![allow(dead_code, unused_imports)]
 
+pub mod backpressure;
 pub mod bodies;
 pub mod fake_rebilly;
 pub mod http;
 pub mod process;
+pub mod raw;
 pub mod wait;
 
+pub use backpressure::*;
 pub use bodies::*;
 pub use http::*;
 pub use process::*;
+pub use raw::*;
 pub use wait::*;
 
 use base64::Engine;

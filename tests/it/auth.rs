@@ -211,6 +211,43 @@ async fn any_configured_header_secret_value_passes_alongside_basic() {
 }
 
 #[tokio::test]
+async fn without_basic_credentials_a_refusal_offers_no_basic_challenge() {
+    let config = format!(
+        r#"#replace
+[server]
+listen = "127.0.0.1:0"
+
+[storage]
+path = "{{db}}"
+synchronous = "normal"
+
+[api]
+token = "{API_TOKEN}"
+{HEADER_SECRETS}"#
+    );
+    let app = common::spawn_app_with(&config).await;
+    let response = app
+        .webhook_request()
+        .header("X-Webhook-Token", "wrong")
+        .body(customer_event(
+            "customer-created",
+            "cus_hdr_only",
+            1,
+            json!({}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers().get("www-authenticate").is_none(),
+        "no Basic challenge when Basic is not configured: {:?}",
+        response.headers()
+    );
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
 async fn a_wrong_or_missing_header_secret_is_refused_and_nothing_is_stored() {
     let app = common::spawn_app_with(HEADER_SECRETS).await;
     let body = || customer_event("customer-created", "cus_hdr_x", 1, json!({}));
@@ -430,6 +467,42 @@ async fn a_delivery_from_an_allowed_network_is_accepted() {
     expect_basic_challenge(response).await;
     let (_, total) = events(&app, "").await;
     assert_eq!(total, 1);
+}
+
+/// Whether this machine accepts IPv4 connections on an IPv6 wildcard socket.
+fn dual_stack() -> bool {
+    let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+        return false;
+    };
+    let port = listener.local_addr().unwrap().port();
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test]
+async fn an_ipv4_client_of_a_dual_stack_listener_matches_ipv4_networks() {
+    if !dual_stack() {
+        eprintln!("skipped: this machine has no dual-stack sockets");
+        return;
+    }
+    // On `[::]` an IPv4 client appears as `::ffff:127.0.0.1`; it must still match 127.0.0.0/8.
+    let config = common::config_text("[::]:0", std::path::Path::new("{db}"), "");
+    let app = common::spawn_app_with(&format!(
+        "#replace{config}\n[auth]\nallowed_networks = [\"127.0.0.0/8\"]\n"
+    ))
+    .await;
+    let response = app
+        .client
+        .post(format!(
+            "http://127.0.0.1:{}/webhooks/rebilly",
+            app.address.port()
+        ))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(fixture("deliveries/01-customer-created-alice.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted(response).await.1, "applied");
 }
 
 #[tokio::test]

@@ -1,19 +1,27 @@
-//! Crash safety of the real binary: under concurrent load the process is killed with SIGKILL at
-//! a random moment; afterwards the database must pass `PRAGMA integrity_check`, every delivery
-//! that was answered 2xx must be in the event log, and the projection must show at least the
-//! highest acknowledged revision of every customer.
+//! Crash safety of the real binary: under concurrent load the process is killed with SIGKILL
+//! once a random number of deliveries (in the hundreds) were acknowledged, and restarted, several
+//! times on one database. Before each kill every answer must be a 2xx; after each restart the
+//! database must pass `PRAGMA integrity_check`, every acknowledged delivery must be in the event
+//! log, the projection must show at least the highest acknowledged revision of every customer,
+//! and every acknowledged body delivered again must be a `duplicate` (its dedupe key survived).
 
 use crate::common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 const USER: &str = "rebilly";
 const PASSWORD: &str = "crash-test-password-0123";
 const API_TOKEN: &str = "crash-test-api-token-0123456789";
 const TASKS: usize = 32;
-/// Load stops by itself after this long even if the kill never came.
-const LOAD_LIMIT: Duration = Duration::from_secs(6);
+const CYCLES: usize = 3;
+/// Each cycle kills the daemon once this many deliveries, or a random number up to twice as
+/// many, were acknowledged.
+const MIN_ACKS: usize = 150;
+/// How long a cycle may take to reach its acknowledgements before the test gives up.
+const ACK_WAIT: Duration = Duration::from_secs(60);
 
 fn crash_config(dir: &Path) -> (PathBuf, PathBuf) {
     let db = dir.join("data").join("webhookd.db");
@@ -100,14 +108,29 @@ struct Ack {
     customer: String,
     revision: i64,
     status: String,
+    body: Vec<u8>,
 }
 
-/// Posts events until the daemon stops answering or the load limit passes. Each task owns its
-/// customers, so one customer's revisions are sent in increasing order.
-async fn load(client: reqwest::Client, url: String, task: usize, until: Instant) -> Vec<Ack> {
+/// What the load tasks share with the test: how many deliveries were acknowledged, and whether
+/// the kill has begun (only after it may a request fail).
+#[derive(Default)]
+struct Progress {
+    acknowledged: AtomicUsize,
+    killing: AtomicBool,
+}
+
+/// Posts events until the daemon is killed. Each task owns its customers (and their next
+/// revisions, kept across cycles), so one customer's revisions are sent in increasing order.
+/// Any answer other than a 2xx fails the test, and so does a request that fails before the kill.
+async fn load(
+    client: reqwest::Client,
+    url: String,
+    task: usize,
+    mut revisions: Vec<i64>,
+    progress: Arc<Progress>,
+) -> (Vec<Ack>, Vec<i64>) {
     let mut acks = Vec::new();
-    let mut revisions: Vec<i64> = Vec::new();
-    while Instant::now() < until {
+    loop {
         // A new customer one time in three, else the next revision of one already created.
         let index = if revisions.is_empty() || fastrand::u8(..3) == 0 {
             revisions.push(0);
@@ -118,93 +141,107 @@ async fn load(client: reqwest::Client, url: String, task: usize, until: Instant)
         let revision = revisions[index] + 1;
         revisions[index] = revision;
         let customer = format!("cus_crash_{task:02}_{index:05}");
+        let body = customer_event(&customer, revision);
         let sent = client
             .post(&url)
             .basic_auth(USER, Some(PASSWORD))
             .header("content-type", "application/json; charset=utf-8")
             .header("user-agent", "Rebilly/crash-test")
-            .body(customer_event(&customer, revision))
+            .body(body.clone())
             .send()
             .await;
         let response = match sent {
             Ok(response) => response,
-            // The daemon is gone (or stopped answering): this task is done.
-            Err(_) => break,
+            Err(_) if progress.killing.load(Ordering::SeqCst) => break,
+            Err(error) => panic!("delivery failed before the kill: {error}"),
         };
-        if !response.status().is_success() {
-            continue;
-        }
-        let Ok(json) = response.json::<serde_json::Value>().await else {
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "{customer} revision {revision} answered {status} before the kill: {}",
+            response.text().await.unwrap_or_default()
+        );
+        let json = match response.json::<serde_json::Value>().await {
+            Ok(json) => json,
             // A 2xx whose body never fully arrived is not an acknowledgement we can check.
-            break;
+            Err(_) if progress.killing.load(Ordering::SeqCst) => break,
+            Err(error) => panic!("a 2xx body failed before the kill: {error}"),
         };
         acks.push(Ack {
             event_id: json["eventId"].as_i64().expect("eventId in a 2xx answer"),
             customer,
             revision,
             status: json["status"].as_str().unwrap_or_default().to_owned(),
+            body,
         });
+        progress.acknowledged.fetch_add(1, Ordering::SeqCst);
     }
-    acks
+    (acks, revisions)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_deliveries_survive_sigkill() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let (config, db) = crash_config(dir.path());
-    let mut daemon = Daemon::start(&config);
-    let url = format!("http://{}/webhooks/rebilly", daemon.address);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-
-    let started = Instant::now();
-    let until = started + LOAD_LIMIT;
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|task| tokio::spawn(load(client.clone(), url.clone(), task, until)))
+/// Loads the daemon until `kill_at` deliveries are acknowledged, kills it mid-load, and returns
+/// every acknowledgement with each task's customers.
+async fn load_until_killed(
+    daemon: &mut Daemon,
+    client: &reqwest::Client,
+    customers: Vec<Vec<i64>>,
+    kill_at: usize,
+) -> (Vec<Ack>, Vec<Vec<i64>>) {
+    let url = daemon.url("/webhooks/rebilly");
+    let progress = Arc::new(Progress::default());
+    let tasks: Vec<_> = customers
+        .into_iter()
+        .enumerate()
+        .map(|(task, revisions)| {
+            tokio::spawn(load(
+                client.clone(),
+                url.clone(),
+                task,
+                revisions,
+                progress.clone(),
+            ))
+        })
         .collect();
-    let kill_after = Duration::from_millis(fastrand::u64(300..=1500));
-    tokio::time::sleep(kill_after).await;
+    eventually_within(
+        ACK_WAIT,
+        &format!("{kill_at} acknowledged deliveries"),
+        || {
+            let progress = progress.clone();
+            async move { progress.acknowledged.load(Ordering::SeqCst) >= kill_at }
+        },
+    )
+    .await;
+    progress.killing.store(true, Ordering::SeqCst);
     daemon.kill();
     let mut acks = Vec::new();
+    let mut customers = Vec::new();
     for task in tasks {
-        acks.extend(task.await.expect("load task"));
+        let (task_acks, revisions) = task.await.expect("load task");
+        acks.extend(task_acks);
+        customers.push(revisions);
     }
-    drop(daemon);
-    eprintln!(
-        "killed after {kill_after:?}: {} deliveries acknowledged",
-        acks.len()
-    );
-    assert!(
-        !acks.is_empty(),
-        "no delivery was acknowledged in the {kill_after:?} before the kill"
-    );
-    assert!(
-        acks.iter().all(|a| a.status == "applied"),
-        "unique events are applied: {:?}",
-        acks.iter().find(|a| a.status != "applied")
-    );
+    (acks, customers)
+}
 
-    // The file SQLite left behind is consistent.
-    {
-        let conn = rusqlite::Connection::open(&db).expect("open the database");
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .expect("integrity_check");
-        assert_eq!(check, "ok", "integrity_check after SIGKILL");
-    }
+fn assert_integrity(db: &Path) {
+    let conn = rusqlite::Connection::open(db).expect("open the database");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok", "integrity_check after SIGKILL");
+}
 
-    // The daemon starts again on the same database and has lost nothing it acknowledged.
-    let daemon = Daemon::start(&config);
+/// Every acknowledged delivery is in the event log as applied; returns each customer's highest
+/// acknowledged revision.
+fn assert_logged(db: &Path, acks: &[Ack]) -> HashMap<String, i64> {
     let conn =
-        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open the database read-only");
     let mut lookup = conn
         .prepare("SELECT customer_id, revision, status FROM events WHERE id = ?1")
         .unwrap();
-    let mut highest: HashMap<&str, i64> = HashMap::new();
-    for ack in &acks {
+    let mut highest: HashMap<String, i64> = HashMap::new();
+    for ack in acks {
         let stored: Option<(String, i64, String)> = lookup
             .query_row([ack.event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .ok();
@@ -216,14 +253,20 @@ async fn acknowledged_deliveries_survive_sigkill() {
             ack.customer,
             ack.revision
         );
-        let entry = highest.entry(ack.customer.as_str()).or_default();
+        let entry = highest.entry(ack.customer.clone()).or_default();
         *entry = (*entry).max(ack.revision);
     }
+    highest
+}
 
-    let base = format!("http://{}", daemon.address);
-    for (customer, revision) in &highest {
+async fn assert_projected(
+    daemon: &Daemon,
+    client: &reqwest::Client,
+    highest: &HashMap<String, i64>,
+) {
+    for (customer, revision) in highest {
         let response = client
-            .get(format!("{base}/customers/{customer}"))
+            .get(daemon.url(&format!("/customers/{customer}")))
             .bearer_auth(API_TOKEN)
             .send()
             .await
@@ -240,19 +283,90 @@ async fn acknowledged_deliveries_survive_sigkill() {
             "{customer}: projected revision {projected} < acknowledged {revision}"
         );
     }
+}
+
+/// Delivers every acknowledged body again: each must be a duplicate of its original event.
+async fn assert_redeliveries_are_duplicates(
+    daemon: &Daemon,
+    client: &reqwest::Client,
+    acks: &[Ack],
+) {
+    let url = daemon.url("/webhooks/rebilly");
+    let mut workers = tokio::task::JoinSet::new();
+    for chunk in acks.chunks(acks.len().div_ceil(8)) {
+        let (client, url, chunk) = (client.clone(), url.clone(), chunk.to_vec());
+        workers.spawn(async move {
+            for ack in chunk {
+                let response = client
+                    .post(&url)
+                    .basic_auth(USER, Some(PASSWORD))
+                    .header("content-type", "application/json; charset=utf-8")
+                    .body(ack.body.clone())
+                    .send()
+                    .await
+                    .expect("redeliver");
+                assert_eq!(
+                    response.status(),
+                    200,
+                    "redelivery of event {}",
+                    ack.event_id
+                );
+                let json: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(
+                    json["status"], "duplicate",
+                    "redelivery of acknowledged event {} ({} revision {})",
+                    ack.event_id, ack.customer, ack.revision
+                );
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.expect("redelivery worker");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_deliveries_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (config, db) = crash_config(dir.path());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut daemon = Daemon::start(&config);
+    let mut customers = vec![Vec::new(); TASKS];
+    let mut highest = HashMap::new();
+
+    for cycle in 1..=CYCLES {
+        let kill_at = fastrand::usize(MIN_ACKS..=2 * MIN_ACKS);
+        let (acks, next) = load_until_killed(&mut daemon, &client, customers, kill_at).await;
+        customers = next;
+        eprintln!(
+            "cycle {cycle}: killed at {kill_at}, {} acknowledged",
+            acks.len()
+        );
+        assert!(acks.len() >= kill_at);
+        assert!(
+            acks.iter().all(|a| a.status == "applied"),
+            "unique events are applied: {:?}",
+            acks.iter().find(|a| a.status != "applied")
+        );
+        assert_integrity(&db);
+
+        daemon = Daemon::start(&config);
+        for (customer, revision) in assert_logged(&db, &acks) {
+            let entry: &mut i64 = highest.entry(customer).or_default();
+            *entry = (*entry).max(revision);
+        }
+        assert_projected(&daemon, &client, &highest).await;
+        assert_redeliveries_are_duplicates(&daemon, &client, &acks).await;
+    }
 
     // And it keeps working: the next revision of an acknowledged customer is applied.
-    let (customer, revision) = highest.iter().next().map(|(c, r)| (*c, *r)).unwrap();
-    let projected = conn
-        .query_row(
-            "SELECT revision FROM customers WHERE id = ?1",
-            [customer],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap();
-    assert!(projected >= revision);
+    let (customer, _) = highest.iter().next().unwrap();
+    let projected = daemon_revision(&daemon, &client, customer).await;
     let response = client
-        .post(format!("{base}/webhooks/rebilly"))
+        .post(daemon.url("/webhooks/rebilly"))
         .basic_auth(USER, Some(PASSWORD))
         .header("content-type", "application/json; charset=utf-8")
         .body(customer_event(customer, projected + 1))
@@ -262,4 +376,17 @@ async fn acknowledged_deliveries_survive_sigkill() {
     assert_eq!(response.status(), 200);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["status"], "applied");
+}
+
+async fn daemon_revision(daemon: &Daemon, client: &reqwest::Client, customer: &str) -> i64 {
+    let view: serde_json::Value = client
+        .get(daemon.url(&format!("/customers/{customer}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    view["revision"].as_i64().expect("projected revision")
 }

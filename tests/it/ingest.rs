@@ -161,6 +161,42 @@ async fn an_unsupported_event_type_is_ignored_and_its_redelivery_is_a_duplicate(
 }
 
 #[tokio::test]
+async fn an_event_type_that_is_no_rebilly_event_type_is_422_and_kept_as_rejected() {
+    let app = common::spawn_app().await;
+    let too_long = format!("invoice-{}", "x".repeat(100));
+    for event_type in ["", "Invoice-Paid", "invoice paid", too_long.as_str()] {
+        let body = serde_json::to_vec(&json!({"eventType": event_type, "invoiceId": "in_1"}));
+        let problem = deliver_rejected(&app, body.unwrap(), 422).await;
+        assert_eq!(problem["field"], "eventType", "{event_type:?}: {problem}");
+    }
+    // Digits and underscores are allowed.
+    let body = serde_json::to_vec(&json!({"eventType": "order_v2-created"})).unwrap();
+    assert_eq!(app.deliver_ok(body).await.1, "ignored");
+}
+
+#[tokio::test]
+async fn a_merge_whose_customers_lack_ids_is_422_naming_the_exact_field() {
+    let app = common::spawn_app().await;
+    let no_duplicated_id = json!({
+        "eventType": "customer-merged",
+        "targetCustomerId": "cus_target",
+        "duplicatedCustomer": {"revision": 3, "email": "dup@example.com"},
+    });
+    let no_target_id = json!({
+        "eventType": "customer-merged",
+        "duplicatedCustomer": {"id": "cus_dup", "revision": 3},
+        "_embedded": {"targetCustomer": {"revision": 4}},
+    });
+    for (body, field) in [
+        (no_duplicated_id, "duplicatedCustomer.id"),
+        (no_target_id, "_embedded.targetCustomer.id"),
+    ] {
+        let problem = deliver_rejected(&app, serde_json::to_vec(&body).unwrap(), 422).await;
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+}
+
+#[tokio::test]
 async fn a_different_body_for_the_same_type_customer_and_revision_is_a_duplicate() {
     let app = common::spawn_app().await;
     let original = fixture("deliveries/01-customer-created-alice.json");

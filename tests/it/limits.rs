@@ -3,7 +3,7 @@
 use crate::common::{self, *};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The configuration of `tests/common` with `server.max_body_bytes` set (`#replace` form).
@@ -32,6 +32,27 @@ async fn a_body_over_the_limit_with_content_length_is_refused_413_and_nothing_is
     // One byte over the limit is already too much.
     let response = app.deliver(padded_body("cus_big_2", 2049)).await;
     expect_problem(response, 413).await;
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_413_before_the_body_arrives() {
+    let app = common::spawn_app_with(&config_with_body_limit(1024)).await;
+    // The head declares far more than the limit; only a few bytes of the body follow, and the
+    // connection stays open: the answer must come from the declared length alone.
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let head = delivery_head(app.address, &basic_value(USER, PASSWORD), 100_000_000);
+    stream
+        .write_all(format!("{head}\r\n{{\"eventType\":").as_bytes())
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert_eq!(response.status, 413, "{}{}", response.head, response.body);
+    assert!(
+        response.head.contains("application/problem+json"),
+        "{}",
+        response.head
+    );
     assert_nothing_stored(&app).await;
 }
 
@@ -182,92 +203,25 @@ async fn a_full_writer_queue_answers_503_with_retry_after_and_stores_nothing_of_
     // A first delivery proves the database is open and migrated before the test takes a lock.
     let warm_up = customer_event("customer-created", "cus_queue_warm", 1, json!({}));
     assert_eq!(app.deliver_ok(warm_up).await.1, "applied");
-    // Another connection holds the write lock, so the writer stalls on its next delivery.
-    let db = app.db_path.clone();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        locked_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-        conn.execute_batch("COMMIT").unwrap();
-    });
-    locked_rx.recv().unwrap();
+    // Another connection holds the write lock, so the writer stalls on its next delivery; the
+    // writer then holds one delivery and two wait in the queue.
+    let lock = WriteLock::take(&app.db_path);
+    let filled = fill_writer(&app, 2, "cus_queue").await;
 
-    let first = {
-        let client = app.client.clone();
-        let url = app.url("/webhooks/rebilly");
-        let body = customer_event("customer-created", "cus_queue_0", 1, json!({}));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .basic_auth(USER, Some(PASSWORD))
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    };
-    // Let the writer take the first delivery and stall on the lock.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Beyond the queue, deliveries are refused at once, while the lock is still held.
+    for n in 0..3 {
+        let answer = spawn_delivery(&app, &format!("cus_queue_over_{n}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            (503, Some("1".to_owned())),
+            "delivery {n} beyond the queue"
+        );
+    }
 
-    let mut pending = Vec::new();
-    for n in 1..=5 {
-        let client = app.client.clone();
-        let url = app.url("/webhooks/rebilly");
-        let body = customer_event("customer-created", &format!("cus_queue_{n}"), 1, json!({}));
-        pending.push(tokio::spawn(async move {
-            let response = client
-                .post(url)
-                .basic_auth(USER, Some(PASSWORD))
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
-            (response.status().as_u16(), retry_after)
-        }));
-    }
-    // Two fit in the queue; the other three are refused at once, while the lock is still held.
-    let mut refused = 0;
-    let mut queued = Vec::new();
-    for task in pending {
-        if task.is_finished() {
-            let (status, retry_after) = task.await.unwrap();
-            assert_eq!(status, 503);
-            assert_eq!(retry_after.as_deref(), Some("1"));
-            refused += 1;
-        } else {
-            queued.push(task);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while refused < 3 && Instant::now() < deadline {
-        let mut still = Vec::new();
-        for task in queued {
-            if task.is_finished() {
-                let (status, retry_after) = task.await.unwrap();
-                assert_eq!((status, retry_after.as_deref()), (503, Some("1")));
-                refused += 1;
-            } else {
-                still.push(task);
-            }
-        }
-        queued = still;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(refused, 3, "three deliveries beyond the queue are refused");
-
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
-    assert_eq!(first.await.unwrap(), 200);
-    for task in queued {
+    lock.release();
+    for task in filled.held {
         assert_eq!(task.await.unwrap().0, 200);
     }
     let (_, total) = events(&app, "").await;

@@ -25,3 +25,4 @@ mod queries;
 mod retention;
 mod sync;
 mod upgrade;
+mod vectors;

@@ -355,6 +355,15 @@ async fn fields_limits_the_returned_fields() {
         assert_eq!(keys, BTreeSet::from(["id", "email"]), "{customer}");
         assert_eq!(customer["email"], person.email.as_str());
     }
+    // What is not a list of field names is refused, naming `fields`.
+    for bad in [
+        "fields=",
+        "fields=,",
+        "fields=id;email",
+        "fields=id,e%20mail",
+    ] {
+        assert_bad_query(&app, &format!("/customers?{bad}"), "fields").await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
