@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 pub const USER: &str = "rebilly";
 pub const PASSWORD: &str = "correct-horse-battery-staple";
-pub const API_TOKEN: &str = "test-api-token-0123456789";
+pub const API_TOKEN: &str = "test-api-token-0123456789-abcdefghijk";
 
 /// The configuration every test starts from; `extra` is appended (later keys win per table,
 /// so pass whole tables such as `[auth.header]` or `[[handlers]]`).
