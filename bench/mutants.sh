@@ -20,9 +20,14 @@ if [ ${#files[@]} -eq 0 ]; then
     src/handlers/projection.rs
     src/storage/events.rs
     src/storage/writer.rs
-    src/query.rs
+    src/query/mod.rs
+    src/query/filter.rs
     src/event.rs
-    src/auth.rs
+    src/auth/mod.rs
+    src/auth/basic.rs
+    src/auth/digest.rs
+    src/auth/hmac.rs
+    src/auth/proxy.rs
   )
 fi
 
