@@ -4,6 +4,7 @@
 
 pub mod backpressure;
 pub mod bodies;
+pub mod db;
 pub mod fake_rebilly;
 pub mod http;
 pub mod process;
@@ -12,6 +13,7 @@ pub mod wait;
 
 pub use backpressure::*;
 pub use bodies::*;
+pub use db::*;
 pub use http::*;
 pub use process::*;
 pub use raw::*;

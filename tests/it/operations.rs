@@ -15,23 +15,6 @@ fn now_ms() -> u128 {
         .as_millis()
 }
 
-fn customers_table(db: &Path) -> Vec<Vec<String>> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut statement = conn.prepare("SELECT * FROM customers ORDER BY id").unwrap();
-    let columns = statement.column_count();
-    statement
-        .query_map([], |row| {
-            (0..columns)
-                .map(|i| {
-                    row.get::<_, rusqlite::types::Value>(i)
-                        .map(|v| format!("{v:?}"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
-}
 
 async fn customers_page(app: &TestApp) -> Value {
     let response = app.api_get("/customers?limit=1000").await;

@@ -6,28 +6,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 
-/// Every row of a table, as text, in the given order.
-fn table(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut statement = conn.prepare(sql).unwrap();
-    let columns = statement.column_count();
-    statement
-        .query_map([], |row| {
-            (0..columns)
-                .map(|i| {
-                    row.get::<_, rusqlite::types::Value>(i)
-                        .map(|v| format!("{v:?}"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
-}
 
-fn customers_table(db: &Path) -> Vec<Vec<String>> {
-    table(db, "SELECT * FROM customers ORDER BY id")
-}
 
 /// The log without its bodies: what pruning and rebuilding must leave as it was.
 fn event_metadata(db: &Path) -> Vec<Vec<String>> {
