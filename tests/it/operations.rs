@@ -15,7 +15,6 @@ fn now_ms() -> u128 {
         .as_millis()
 }
 
-
 async fn customers_page(app: &TestApp) -> Value {
     let response = app.api_get("/customers?limit=1000").await;
     assert_eq!(response.status(), 200);

@@ -6,8 +6,6 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 
-
-
 /// The log without its bodies: what pruning and rebuilding must leave as it was.
 fn event_metadata(db: &Path) -> Vec<Vec<String>> {
     table(
