@@ -42,7 +42,7 @@ LUA=$ROOT/bench/ingest.lua
 EXAMPLE_CONFIG=$ROOT/config.example.toml
 LIST_QUERY='/customers?filter=country:FR&sort=-createdTime&limit=100'
 
-# Targets from the issue.
+# The performance targets this benchmark checks.
 TARGET_RATIO=0.2      # ingest requests/s as a share of the ceiling, at least
 TARGET_P99_MS=15      # ingest p99, at most
 TARGET_FLAT=0.20      # spread of ingest requests/s and p99 from the first to the last stage
