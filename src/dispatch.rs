@@ -17,7 +17,7 @@
 use crate::clock::now_ms;
 use crate::config::{HandlerSettings, HandlerStart};
 use crate::handlers::{self, AsyncHandler, DispatchedEvent};
-use crate::storage::handler_state::{Candidate, Outcome, Work};
+use crate::storage::{Candidate, Outcome, Work};
 use crate::storage::{StorageError, Store};
 use crate::telemetry;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! facade, rendered in Prometheus text format by `metrics-exporter-prometheus`.
 
 use crate::config::{LogFormat, LogSettings};
+use crate::storage::HandlerStats;
 use crate::storage::Status;
-use crate::storage::handler_state::HandlerStats;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;

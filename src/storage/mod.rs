@@ -1,326 +1,91 @@
-//! Storage: the event log, the dedupe keys, the projection tables and handler state, in SQLite.
+//! Storage: the event log, the dedupe keys, the customer projection and handler state.
 //!
-//! The rest of the crate sees only [`Store`]: an asynchronous interface whose writes go to one
-//! writer thread (which groups waiting deliveries into one transaction) and whose reads run on
-//! pooled WAL reader connections in the blocking pool. No rusqlite call ever runs on an async
-//! worker thread. SQLite is the embedded backend; the methods of `Store` speak only of the
-//! event model, queries and handler state, never of SQL, so they are the seam where another
-//! backend (PostgreSQL is planned) would plug in.
+//! The rest of the crate sees only [`Store`], an asynchronous interface that speaks of the event
+//! model, queries and handler state, never of SQL. It is the seam between the daemon and its
+//! backends: SQLite, embedded, is the default (`sqlite`). No SQL lives outside this module.
 
-mod connection;
-mod customers;
-mod events;
-mod filter_sql;
-pub mod handler_state;
-mod migrations;
-mod readers;
-mod sync_state;
-#[cfg(test)]
-mod test_support;
-mod writer;
+mod error;
+mod model;
+pub mod sqlite;
 
 /// Re-exported where the log and the writer have always named it.
 pub use crate::outcome::Status;
-pub use customers::CustomerPage;
-pub use events::{EventDetail, EventRecord, HandlerAttempt, PruneKey, PruneStep};
-pub use migrations::MIGRATIONS;
-pub use sync_state::SyncedPage;
-pub use writer::RebuildReport;
+pub use error::StorageError;
+pub use model::{
+    Candidate, CustomerPage, EventDetail, EventRecord, HandlerAttempt, HandlerStats, Ingested,
+    NewDelivery, Outcome, PruneKey, PruneStep, RebuildReport, SyncedPage, Work,
+};
 
-use crate::clock::now_ms;
 use crate::config::{HandlerStart, StorageSettings};
-use crate::event::{Event, ParseError};
 use crate::handlers::DispatchedEvent;
 use crate::query::{CustomerQuery, EventQuery};
 use crate::sync::SyncedSnapshot;
-use axum::body::Bytes;
-use handler_state::{HandlerStats, Outcome, Work};
-use readers::Readers;
-use rusqlite::Connection;
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
-use writer::{Command, Delivery, Job};
+use sqlite::SqliteStore;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::watch;
 
-/// Bytes the readiness probe writes. A delivery of the fixtures (2 to 4 KiB bodies) appends 7
-/// to 16 pages to the WAL (the event row, its indexes, dedupe keys, the customer and its
-/// indexes); 48 KiB is 12 overflow pages plus the 3 or so the insert and delete touch, as much
-/// as the heaviest of them, so that readiness fails no later than deliveries do when the disk
-/// or the cap runs out (slightly earlier under the cap, which only warns sooner).
-pub const PROBE_BYTES: i64 = 48 * 1024;
+/// The answer to a queued delivery, awaited later (see [`Store::enqueue`]).
+pub type PendingIngest = Pin<Box<dyn Future<Output = Result<Ingested, StorageError>> + Send>>;
 
-/// The answer for one committed delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ingested {
-    pub event_id: i64,
-    pub status: Status,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("the writer queue is full")]
-    Overloaded,
-    #[error("the storage writer has stopped")]
-    WriterGone,
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database migration failed: {0}")]
-    Migration(#[from] rusqlite_migration::Error),
-    #[error("cannot prepare the database folder: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("a blocking database task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
-    #[error("{0}")]
-    Incomplete(String),
-    /// rusqlite errors are not `Clone`: a failed commit reaches every request of its batch as
-    /// its message and SQLite's code, which is what classifies it.
-    #[error("the batch could not be committed: {message}")]
-    Commit {
-        code: Option<rusqlite::ErrorCode>,
-        message: String,
-    },
-}
-
-impl StorageError {
-    /// A failed batch commit, for every request of the batch.
-    fn commit(error: &rusqlite::Error) -> Self {
-        Self::Commit {
-            code: error.sqlite_error_code(),
-            message: error.to_string(),
-        }
-    }
-
-    /// Whether the same request can succeed later with nothing changed but the state of the
-    /// storage (space freed, a lock released, the queue drained): a sender is told to retry
-    /// (503) rather than that the daemon failed (500). Nothing was stored either way.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Overloaded | Self::WriterGone => true,
-            Self::Sqlite(error) => is_transient_code(error.sqlite_error_code()),
-            Self::Commit { code, .. } => is_transient_code(*code),
-            // Only opening the database touches the file system directly.
-            Self::Io(error) => matches!(
-                error.kind(),
-                std::io::ErrorKind::StorageFull
-                    | std::io::ErrorKind::QuotaExceeded
-                    | std::io::ErrorKind::ResourceBusy
-                    | std::io::ErrorKind::Interrupted
-                    | std::io::ErrorKind::WouldBlock
-            ),
-            Self::Migration(_) | Self::Join(_) | Self::Incomplete(_) => false,
-        }
-    }
-}
-
-/// SQLite's primary codes for conditions of the storage that pass: a full disk or database
-/// cap, an I/O error while writing (such as a file system briefly unavailable), the database
-/// locked by another process past `busy_timeout`, memory, a file that could not be opened or
-/// was made read-only (an operator fixes these without the sender changing anything). The
-/// others are defects of the request, the schema or the file, and retrying cannot help.
-fn is_transient_code(code: Option<rusqlite::ErrorCode>) -> bool {
-    use rusqlite::ErrorCode as Code;
-    let Some(code) = code else {
-        // Not an error SQLite returned (a type conversion, a missing row): a defect.
-        return false;
-    };
-    match code {
-        Code::DiskFull
-        | Code::SystemIoFailure
-        | Code::DatabaseBusy
-        | Code::DatabaseLocked
-        | Code::OutOfMemory
-        | Code::CannotOpen
-        | Code::ReadOnly
-        | Code::FileLockingProtocolFailed => true,
-        Code::InternalMalfunction
-        | Code::PermissionDenied
-        | Code::OperationAborted
-        | Code::OperationInterrupted
-        | Code::DatabaseCorrupt
-        | Code::NotFound
-        | Code::SchemaChanged
-        | Code::TooBig
-        | Code::ConstraintViolation
-        | Code::TypeMismatch
-        | Code::ApiMisuse
-        | Code::NoLargeFileSupport
-        | Code::AuthorizationForStatementDenied
-        | Code::ParameterOutOfRange
-        | Code::NotADatabase
-        | Code::Unknown => false,
-        // `ErrorCode` is non-exhaustive: a code added by a later SQLite is treated as a defect
-        // until it is classified here.
-        _ => false,
-    }
-}
-
-/// A received body with its parse result, ready for the writer.
-pub struct NewDelivery {
-    pub body: Bytes,
-    pub parsed: Result<Event, ParseError>,
-    pub received_ms: i64,
-}
-
-struct Shared {
-    commands: mpsc::Sender<Command>,
-    readers: Readers,
-    /// The id of the newest committed event; asynchronous handlers wait on it.
-    committed: watch::Receiver<i64>,
-    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// Unpacks the writer's answer; the returned delivery is dropped here, on the caller's task.
-fn received(
-    answer: Result<writer::Answer, oneshot::error::RecvError>,
-) -> Result<Ingested, StorageError> {
-    match answer {
-        Ok((result, _delivery)) => result,
-        Err(_) => Err(StorageError::WriterGone),
-    }
-}
-
-/// The storage handle; cheap to clone.
+/// The storage handle; cheap to clone. Each method runs on the configured backend.
 #[derive(Clone)]
 pub struct Store {
-    shared: Arc<Shared>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+}
+
+/// Runs the same call on whichever backend the store holds.
+macro_rules! on_backend {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($backend) => $call,
+        }
+    };
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database, then starts the writer thread.
+    /// Opens (creating if needed) and migrates the configured backend.
     pub fn open(settings: &StorageSettings) -> Result<Self, StorageError> {
-        if let Some(parent) = settings.path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)?;
-        }
-        let options = connection::WriterOptions::new(settings);
-        let mut conn = connection::open_writer(&options)?;
-        MIGRATIONS.to_latest(&mut conn)?;
-        let last_id: i64 =
-            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
-        crate::telemetry::record_log_size(last_id);
-        let (committed_tx, committed) = watch::channel(last_id);
-        let (commands, receiver) = mpsc::channel(settings.queue_capacity);
-        let writer = writer::spawn(
-            writer::Setup {
-                conn,
-                options,
-                max_batch: settings.max_batch,
-                committed: committed_tx,
-            },
-            receiver,
-        )?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                commands,
-                readers: Readers::new(settings.path.clone()),
-                committed,
-                writer: std::sync::Mutex::new(Some(writer)),
-            }),
+            backend: Backend::Sqlite(SqliteStore::open(settings)?),
         })
     }
 
     /// Stores a delivery and applies it to the projection; answers once the commit is durable.
     /// A full queue is answered at once with [`StorageError::Overloaded`].
     pub async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
-        self.shared
-            .commands
-            .try_send(command)
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => StorageError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
-            })?;
-        received(answer.await)
+        on_backend!(self, b => b.ingest(delivery).await)
     }
 
     /// Queues a delivery, waiting for room instead of refusing (offline replay). Deliveries
     /// queued one after the other keep their order; the returned future yields the answer.
-    pub async fn enqueue(
-        &self,
-        delivery: NewDelivery,
-    ) -> Result<impl Future<Output = Result<Ingested, StorageError>> + use<>, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
-        self.shared
-            .commands
-            .send(command)
-            .await
-            .map_err(|_| StorageError::WriterGone)?;
-        Ok(async move { received(answer.await) })
-    }
-
-    /// Runs `work` in its own write transaction on the writer thread.
-    async fn write<R, F>(&self, work: F) -> Result<R, StorageError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StorageError> + Send + 'static,
-    {
-        self.on_writer(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let value = work(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-    }
-
-    /// Runs `work` on the writer's own connection, between batches.
-    async fn on_writer<R, F>(&self, work: F) -> Result<R, StorageError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<R, StorageError> + Send + 'static,
-    {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &mut Connection| {
-            let _ = reply.send(work(conn));
-        });
-        self.shared
-            .commands
-            .send(Command::Job(job))
-            .await
-            .map_err(|_| StorageError::WriterGone)?;
-        answer.await.map_err(|_| StorageError::WriterGone)?
-    }
-
-    /// Runs `work` on a pooled read-only connection in the blocking pool.
-    async fn read<R, F>(&self, work: F) -> Result<R, StorageError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
-    {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.readers.with(work)).await?
+    pub async fn enqueue(&self, delivery: NewDelivery) -> Result<PendingIngest, StorageError> {
+        on_backend!(self, b => Ok(Box::pin(b.enqueue(delivery).await?)))
     }
 
     /// Applies a page of snapshots fetched by `sync` through the projection rules, and stores
-    /// `cursor` for `scope` in the same transaction. Only a [`SyncedSnapshot`] reaches the sync
-    /// source. Only snapshots that change the projection, or cannot be used, are recorded in
-    /// the log (with the sync source).
+    /// `cursor` for `scope` in the same transaction. Only snapshots that change the projection,
+    /// or cannot be used, are recorded in the log (with the sync source).
     pub async fn ingest_synced(
         &self,
         scope: String,
         snapshots: Vec<SyncedSnapshot>,
         cursor: Option<String>,
     ) -> Result<SyncedPage, StorageError> {
-        // Parsing, hashing and encoding happen here, on the caller's task, not on the writer.
-        let deliveries: Vec<Delivery> = snapshots
-            .into_iter()
-            .map(|snapshot| Delivery::new(snapshot.into_delivery()))
-            .collect();
-        self.on_writer(move |conn| {
-            sync_state::apply_page(conn, &scope, &deliveries, cursor.as_deref(), now_ms())
-        })
-        .await
+        on_backend!(self, b => b.ingest_synced(scope, snapshots, cursor).await)
     }
 
     /// The cursor the last sync of `scope` stored, if any.
     pub async fn sync_cursor(&self, scope: String) -> Result<Option<String>, StorageError> {
-        self.read(move |conn| sync_state::cursor(conn, &scope))
-            .await
+        on_backend!(self, b => b.sync_cursor(scope).await)
     }
 
-    /// Recomputes the projection from the event log; see `writer::rebuild_projection`.
+    /// Recomputes the projection from the event log.
     pub async fn rebuild_projection(
         &self,
         skip_unparsable: bool,
@@ -330,39 +95,38 @@ impl Store {
     }
 
     /// [`Store::rebuild_projection`], telling `progress` (events replayed, events to replay)
-    /// as it goes, from the writer thread.
+    /// as it goes.
     pub async fn rebuild_projection_reporting(
         &self,
         skip_unparsable: bool,
         progress: impl Fn(u64, u64) + Send + 'static,
     ) -> Result<RebuildReport, StorageError> {
-        self.on_writer(move |conn| writer::rebuild_projection(conn, skip_unparsable, &progress))
-            .await
+        on_backend!(self, b => b.rebuild_projection_reporting(skip_unparsable, progress).await)
     }
 
     /// One projected customer, as served (`None` if unknown).
     pub async fn customer(&self, id: String) -> Result<Option<serde_json::Value>, StorageError> {
-        self.read(move |conn| customers::customer(conn, &id)).await
+        on_backend!(self, b => b.customer(id).await)
     }
 
     /// A page of listed customers.
     pub async fn customers(&self, query: CustomerQuery) -> Result<CustomerPage, StorageError> {
-        self.read(move |conn| customers::list(conn, &query)).await
+        on_backend!(self, b => b.customers(query).await)
     }
 
     /// A page of the event log, newest first, and the total matching the filter.
     pub async fn events(&self, query: EventQuery) -> Result<(Vec<EventRecord>, u64), StorageError> {
-        self.read(move |conn| events::list(conn, &query)).await
+        on_backend!(self, b => b.events(query).await)
     }
 
     /// One event with its raw body and handler state.
     pub async fn event(&self, id: i64) -> Result<Option<EventDetail>, StorageError> {
-        self.read(move |conn| events::detail(conn, id)).await
+        on_backend!(self, b => b.event(id).await)
     }
 
     /// The raw body of an event (`None` if unknown or pruned).
     pub async fn raw_body(&self, id: i64) -> Result<Option<Vec<u8>>, StorageError> {
-        self.read(move |conn| events::raw_body(conn, id)).await
+        on_backend!(self, b => b.raw_body(id).await)
     }
 
     /// Gives a handler seen for the first time its starting cursor; returns its cursor.
@@ -371,15 +135,12 @@ impl Store {
         handler: String,
         from: HandlerStart,
     ) -> Result<i64, StorageError> {
-        self.write(move |tx| Ok(handler_state::start(tx, &handler, from)?))
-            .await
+        on_backend!(self, b => b.start_handler(handler, from).await)
     }
 
     /// What a handler has to do now: due retries and new events after its cursor.
     pub async fn handler_work(&self, handler: String, limit: u32) -> Result<Work, StorageError> {
-        let now = now_ms();
-        self.read(move |conn| handler_state::load_work(conn, &handler, now, limit))
-            .await
+        on_backend!(self, b => b.handler_work(handler, limit).await)
     }
 
     /// Records a handler pass and moves its cursor, in one transaction.
@@ -389,28 +150,22 @@ impl Store {
         cursor: i64,
         results: Vec<(DispatchedEvent, Outcome)>,
     ) -> Result<(), StorageError> {
-        self.write(move |tx| {
-            handler_state::record_pass(tx, &handler, cursor, &results, now_ms())?;
-            Ok(())
-        })
-        .await
+        on_backend!(self, b => b.record_handler_pass(handler, cursor, results).await)
     }
 
     /// When the handler's earliest retry falls due, if it has one.
     pub async fn next_handler_due(&self, handler: String) -> Result<Option<i64>, StorageError> {
-        self.read(move |conn| Ok(handler_state::next_due(conn, &handler)?))
-            .await
+        on_backend!(self, b => b.next_handler_due(handler).await)
     }
 
+    /// Per-handler figures for metrics.
     pub async fn handler_stats(&self, handler: String) -> Result<HandlerStats, StorageError> {
-        self.read(move |conn| Ok(handler_state::stats(conn, &handler)?))
-            .await
+        on_backend!(self, b => b.handler_stats(handler).await)
     }
 
     /// Gives a handler's dead events a fresh set of attempts; returns how many.
     pub async fn redrive(&self, handler: String) -> Result<usize, StorageError> {
-        self.write(move |tx| Ok(handler_state::redrive(tx, &handler, now_ms())?))
-            .await
+        on_backend!(self, b => b.redrive(handler).await)
     }
 
     /// One step of a pruning pass: looks at up to `limit` bodies received before `cutoff_ms`
@@ -422,219 +177,26 @@ impl Store {
         after: PruneKey,
         limit: i64,
     ) -> Result<PruneStep, StorageError> {
-        self.write(move |tx| events::prune_bodies(tx, cutoff_ms, &handlers, after, limit))
-            .await
+        on_backend!(self, b => b.prune_bodies(cutoff_ms, handlers, after, limit).await)
     }
 
     /// Watches the id of the newest committed event.
     pub fn committed(&self) -> watch::Receiver<i64> {
-        self.shared.committed.clone()
+        on_backend!(self, b => b.committed())
     }
 
     /// Deliveries waiting for the writer right now.
     pub fn queue_depth(&self) -> usize {
-        self.shared.commands.max_capacity() - self.shared.commands.capacity()
+        on_backend!(self, b => b.queue_depth())
     }
 
-    /// Proves the database accepts a write the size of a delivery (readiness): a row of
-    /// [`PROBE_BYTES`] inserted before the previous one is deleted, in one committed
-    /// transaction, so that it needs fresh pages and WAL space as a delivery does. Rewriting a
-    /// small row in place succeeded on a disk too full for any delivery.
+    /// Proves the storage accepts a write the size of a delivery (readiness).
     pub async fn probe_write(&self) -> Result<(), StorageError> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO readiness_ballast (written_ms, ballast) VALUES (?1, randomblob(?2))",
-                (now_ms(), PROBE_BYTES),
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.execute("DELETE FROM readiness_ballast WHERE id != ?1", [id])?;
-            Ok(())
-        })
-        .await
+        on_backend!(self, b => b.probe_write().await)
     }
 
     /// Stops the writer after it has committed everything queued before this call.
     pub async fn close(&self) {
-        let (reply, done) = oneshot::channel();
-        let stop: Job = Box::new(move |_conn: &mut Connection| {
-            let _ = reply.send(());
-        });
-        if self.shared.commands.send(Command::Stop(stop)).await.is_ok() {
-            let _ = done.await;
-        }
-        let handle = self
-            .shared
-            .writer
-            .lock()
-            .expect("writer handle lock")
-            .take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Synchronous;
-    use rusqlite::ffi;
-
-    fn sqlite(code: std::ffi::c_int) -> StorageError {
-        StorageError::Sqlite(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None))
-    }
-
-    #[test]
-    fn storage_conditions_that_pass_are_transient_and_defects_are_not() {
-        for code in [
-            ffi::SQLITE_FULL,
-            ffi::SQLITE_IOERR,
-            ffi::SQLITE_IOERR_WRITE,
-            ffi::SQLITE_IOERR_FSYNC,
-            ffi::SQLITE_BUSY,
-            ffi::SQLITE_BUSY_SNAPSHOT,
-            ffi::SQLITE_LOCKED,
-            ffi::SQLITE_NOMEM,
-            ffi::SQLITE_CANTOPEN,
-            ffi::SQLITE_READONLY,
-        ] {
-            assert!(sqlite(code).is_transient(), "code {code}");
-        }
-        for code in [
-            ffi::SQLITE_CONSTRAINT,
-            ffi::SQLITE_CONSTRAINT_UNIQUE,
-            ffi::SQLITE_CORRUPT,
-            ffi::SQLITE_NOTADB,
-            ffi::SQLITE_MISMATCH,
-            ffi::SQLITE_MISUSE,
-            ffi::SQLITE_TOOBIG,
-            ffi::SQLITE_ERROR,
-        ] {
-            assert!(!sqlite(code).is_transient(), "code {code}");
-        }
-        assert!(!StorageError::Sqlite(rusqlite::Error::QueryReturnedNoRows).is_transient());
-        assert!(StorageError::Overloaded.is_transient());
-        assert!(StorageError::WriterGone.is_transient());
-        assert!(!StorageError::Incomplete("pruned".into()).is_transient());
-        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
-        assert!(StorageError::Io(full).is_transient());
-        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        assert!(!StorageError::Io(denied).is_transient());
-    }
-
-    #[test]
-    fn a_failed_commit_keeps_the_code_that_classifies_it() {
-        let full = rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_FULL), None);
-        let error = StorageError::commit(&full);
-        assert!(error.is_transient());
-        assert!(error.to_string().contains("full"), "{error}");
-        let constraint =
-            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_CONSTRAINT), None);
-        assert!(!StorageError::commit(&constraint).is_transient());
-    }
-
-    fn capped_settings(dir: &std::path::Path, max_size_bytes: u64) -> StorageSettings {
-        StorageSettings {
-            path: dir.join("capped.db"),
-            synchronous: Synchronous::Normal,
-            queue_capacity: 64,
-            max_batch: 16,
-            retention_days: 0,
-            max_size_bytes,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_transaction_left_open_on_the_writer_is_rolled_back_before_the_next_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&capped_settings(dir.path(), 0)).unwrap();
-        // As a commit that failed half-way can leave it: inside a transaction with a write.
-        store
-            .on_writer(|conn| {
-                conn.execute_batch(
-                    "BEGIN IMMEDIATE;
-                     INSERT INTO readiness_ballast (written_ms, ballast) VALUES (0, x'00');",
-                )?;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        let ingested = store
-            .ingest(delivery(1))
-            .await
-            .expect("the writer recovered");
-        assert_eq!(ingested.status, Status::Applied);
-        let left: i64 = store
-            .read(|conn| {
-                Ok(conn.query_row("SELECT COUNT(*) FROM readiness_ballast", [], |r| r.get(0))?)
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            left, 0,
-            "the half-done write was rolled back, not committed"
-        );
-        store.close().await;
-    }
-
-    /// A customer snapshot of about 8 KiB, so that each revision needs fresh pages.
-    fn delivery(revision: i64) -> NewDelivery {
-        let notes = format!("{revision:08}").repeat(1024);
-        let body = serde_json::to_vec(&serde_json::json!({
-            "eventType": "customer-updated",
-            "customerId": "cus_full",
-            "_embedded": {"customer": {"id": "cus_full", "revision": revision,
-                "customFields": {"notes": notes}}}
-        }))
-        .unwrap();
-        NewDelivery {
-            parsed: crate::event::parse(&body),
-            body: Bytes::from(body),
-            received_ms: now_ms(),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_full_database_fails_deliveries_and_the_probe_then_both_recover_once_room_is_freed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&capped_settings(dir.path(), 1024 * 1024)).unwrap();
-        let mut acknowledged = Vec::new();
-        let mut revision = 1;
-        let error = loop {
-            match store.ingest(delivery(revision)).await {
-                Ok(ingested) => acknowledged.push(ingested.event_id),
-                Err(error) => break error,
-            }
-            revision += 1;
-            assert!(revision < 1000, "the cap was never reached");
-        };
-        assert!(error.is_transient(), "{error}");
-        assert!(acknowledged.len() > 10, "{}", acknowledged.len());
-        // Full: the writer keeps refusing, and readiness says so, however often it is asked.
-        for _ in 0..3 {
-            assert!(store.ingest(delivery(revision)).await.is_err());
-            let probe = store
-                .probe_write()
-                .await
-                .expect_err("a full database is not ready");
-            assert!(probe.is_transient(), "{probe}");
-        }
-
-        // Pruning the superseded bodies puts their pages on the free list.
-        let step = store
-            .prune_bodies(now_ms() + 1, Vec::new(), (i64::MIN, i64::MIN), 10_000)
-            .await
-            .unwrap();
-        assert!(step.cleared > 5, "{step:?}");
-
-        store.probe_write().await.expect("ready again");
-        let ingested = store.ingest(delivery(revision)).await.expect("flows again");
-        assert_eq!(ingested.status, Status::Applied);
-        for id in acknowledged {
-            assert!(store.event(id).await.unwrap().is_some(), "event {id} lost");
-        }
-        let customer = store.customer("cus_full".into()).await.unwrap().unwrap();
-        assert_eq!(customer["revision"], revision);
-        store.close().await;
+        on_backend!(self, b => b.close().await)
     }
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 /// The database as the previous release left it (see the file's header).
 const RELEASED_DATABASE: &str =
-    include_str!("../../src/storage/migrations/testdata/released-0002.sql");
+    include_str!("../../src/storage/sqlite/migrations/testdata/released-0002.sql");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_of_the_previous_release_is_migrated_and_served() {

@@ -5,34 +5,13 @@
 use super::StorageError;
 use crate::config::HandlerStart;
 use crate::handlers::DispatchedEvent;
+use crate::storage::model::{Candidate, HandlerStats, Outcome, Work};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 
 /// Only applied events reach asynchronous handlers: stale, duplicate, ignored and rejected ones
 /// carry nothing new.
 const DISPATCHED_STATUS: &str = "applied";
-
-/// An event read for a handler, with what dispatching needs to know besides the event itself.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub event: DispatchedEvent,
-    /// Attempts already made (0 for an event read after the cursor).
-    pub attempts: u32,
-    /// Retention cleared the body: the event can no longer be dispatched.
-    pub body_pruned: bool,
-}
-
-/// What one pass of a handler found to do.
-#[derive(Debug, Default)]
-pub struct Work {
-    pub cursor: i64,
-    /// Retries whose time has come, each the oldest owed event of every customer it touches.
-    pub due: Vec<Candidate>,
-    /// New events after the cursor.
-    pub fresh: Vec<Candidate>,
-    /// Customers of the fresh events that an owed event holds: those events queue behind it.
-    pub blocked: HashSet<String>,
-}
 
 const CANDIDATE_COLUMNS: &str =
     "e.id, e.event_type, e.customer_id, e.revision, e.projected_revision, e.body";
@@ -191,26 +170,6 @@ pub fn next_due(conn: &Connection, handler: &str) -> rusqlite::Result<Option<i64
     .query_row([handler], |r| r.get(0))
 }
 
-/// What happened to one event during a pass.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Delivered,
-    /// Failed or parked: try again at `next_attempt_ms`.
-    Retry {
-        attempts: u32,
-        next_attempt_ms: i64,
-        error: Option<String>,
-    },
-    Dead {
-        attempts: u32,
-        error: String,
-    },
-    /// Passed without being dispatched, for good; the reason is recorded with the event.
-    Skipped {
-        reason: String,
-    },
-}
-
 /// Records the results of a pass and moves the cursor, in one transaction.
 pub fn record_pass(
     conn: &Connection,
@@ -328,14 +287,6 @@ pub fn redrive(conn: &Connection, handler: &str, now_ms: i64) -> rusqlite::Resul
     .execute(params![handler, now_ms])
 }
 
-/// Per-handler figures for metrics: events not yet passed, pending retries, dead events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HandlerStats {
-    pub behind: u64,
-    pub pending: u64,
-    pub dead: u64,
-}
-
 pub fn stats(conn: &Connection, handler: &str) -> rusqlite::Result<HandlerStats> {
     let cursor = cursor(conn, handler)?.unwrap_or(0);
     let behind: u64 = conn
@@ -357,7 +308,7 @@ pub fn stats(conn: &Connection, handler: &str) -> rusqlite::Result<HandlerStats>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::test_support::TestDb;
+    use crate::storage::sqlite::test_support::TestDb;
 
     fn applied(conn: &Connection, id: i64, customer: &str) {
         conn.execute(

@@ -13,7 +13,7 @@
 
 use super::connection::{self, WriterOptions};
 use super::events::{self, EventRow};
-use super::{Ingested, NewDelivery, Status, StorageError};
+use super::{Ingested, NewDelivery, RebuildReport, Status, StorageError};
 use crate::event::{Event, ParseError};
 use crate::handlers::projection::{CustomerProjection, Effect, Encoded, ProjectionHandler};
 use crate::log_limit::{self, LogLimit};
@@ -432,16 +432,6 @@ fn classify(
 
 /// Events replayed between two progress reports of a rebuild.
 const REBUILD_PROGRESS_EVERY: u64 = 1024;
-
-/// What a rebuild did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RebuildReport {
-    /// Events replayed through the projection.
-    pub replayed: u64,
-    /// Events whose stored body no longer parses, left out because the caller allowed it.
-    pub skipped_unparsable: Vec<i64>,
-}
 
 /// Recomputes the projection and the dedupe keys from the event log alone, replaying every
 /// stored body in arrival order through the same rules as live ingest. Statuses in the log are

@@ -5,8 +5,8 @@ use super::{Status, StorageError};
 use crate::clock::rfc3339_ms;
 use crate::config::HandlerStart;
 use crate::query::{EventField, EventQuery};
+use crate::storage::model::{EventDetail, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde::Serialize;
 
 /// One row of the event log as the writer records it.
 pub struct EventRow<'a> {
@@ -117,20 +117,6 @@ pub fn claim_key(conn: &Connection, key: &[u8], event_id: i64) -> rusqlite::Resu
         .optional()
 }
 
-/// An event as the query API lists it.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EventRecord {
-    pub id: i64,
-    pub received_time: String,
-    pub event_type: Option<String>,
-    pub customer_id: Option<String>,
-    pub revision: Option<i64>,
-    #[schema(value_type = Status)]
-    pub status: String,
-    pub error: Option<String>,
-}
-
 const RECORD_COLUMNS: &str = "id, received_ms, event_type, customer_id, revision, status, error";
 
 fn record(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
@@ -186,31 +172,6 @@ pub fn list(
         .query_map(rusqlite::params_from_iter(&values), record)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((rows, total))
-}
-
-/// One asynchronous handler's state for one event.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HandlerAttempt {
-    pub handler: String,
-    pub state: String,
-    pub attempts: i64,
-    pub last_error: Option<String>,
-    pub next_attempt_time: Option<String>,
-}
-
-/// Everything known about one event: its record, raw body and handler state.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EventDetail {
-    #[serde(flatten)]
-    pub record: EventRecord,
-    pub error_field: Option<String>,
-    pub duplicate_of: Option<i64>,
-    pub body_size: i64,
-    /// The raw body as text (lossy if it was not UTF-8); null once pruned.
-    pub body: Option<String>,
-    pub handlers: Vec<HandlerAttempt>,
 }
 
 pub fn detail(conn: &Connection, id: i64) -> Result<Option<EventDetail>, StorageError> {
@@ -269,19 +230,6 @@ pub fn raw_body(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>, StorageEr
         Some((None, Some(original))) => raw_body(conn, original),
         _ => Ok(None),
     }
-}
-
-/// Where a pruning pass has got to: it walks bodies by received time, then id.
-pub type PruneKey = (i64, i64);
-
-/// One step of a pruning pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PruneStep {
-    pub cleared: u64,
-    /// Bodies looked at; fewer than asked means the pass is complete.
-    pub examined: u64,
-    /// The last body looked at, where the next step resumes.
-    pub last: Option<PruneKey>,
 }
 
 /// Looks at up to `limit` bodies received before `cutoff_ms`, after `after`, and clears those
@@ -356,7 +304,7 @@ mod tests {
 
     #[test]
     fn the_total_and_the_page_come_from_one_snapshot() {
-        let db = crate::storage::test_support::TestDb::new();
+        let db = crate::storage::sqlite::test_support::TestDb::new();
         let insert =
             "INSERT INTO events (received_ms, status, body_size) VALUES (1, 'ignored', 0);";
         db.connect().execute_batch(&insert.repeat(2)).unwrap();

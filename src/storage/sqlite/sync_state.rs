@@ -5,18 +5,8 @@ use super::Status;
 use super::StorageError;
 use super::writer::{self, Delivery};
 use crate::handlers::projection::CustomerProjection;
+use crate::storage::model::SyncedPage;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-
-/// What became of the snapshots of one page.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SyncedPage {
-    /// Recorded and applied to the projection.
-    pub applied: u64,
-    /// Already held at this revision or a higher one, or merged away: nothing recorded.
-    pub stale: u64,
-    /// Not a usable customer: recorded as `rejected`.
-    pub rejected: u64,
-}
 
 /// Applies every snapshot in order and stores `cursor` for `scope`, all or nothing.
 pub fn apply_page(

@@ -4,17 +4,9 @@
 use super::StorageError;
 use super::filter_sql::{self, Column, Sql};
 use crate::query::{CustomerField, CustomerQuery};
+use crate::storage::model::CustomerPage;
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Map, Value};
-
-/// A page of customers and the total count matching the query.
-#[derive(Debug, Clone)]
-pub struct CustomerPage {
-    pub customers: Vec<Value>,
-    pub total: u64,
-    pub limit: u32,
-    pub offset: u32,
-}
 
 /// Where each list field is read: a projection column (date-times as Unix milliseconds, so
 /// that they compare as instants), or a scalar inside the snapshot for fields without one.
@@ -213,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_total_and_the_page_come_from_one_snapshot() {
-        let db = crate::storage::test_support::TestDb::new();
+        let db = crate::storage::sqlite::test_support::TestDb::new();
         db.connect()
             .execute_batch("INSERT INTO customers (id, snapshot) VALUES ('a', '{}'), ('b', '{}');")
             .unwrap();
