@@ -18,8 +18,9 @@ files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
   files=(
     src/handlers/projection.rs
-    src/storage/events.rs
-    src/storage/writer.rs
+    src/storage/sqlite/projection.rs
+    src/storage/sqlite/events.rs
+    src/storage/sqlite/writer.rs
     src/query/mod.rs
     src/query/filter.rs
     src/event.rs

@@ -11,6 +11,7 @@ mod events;
 mod filter_sql;
 mod handler_state;
 mod migrations;
+mod projection;
 mod readers;
 mod sync_state;
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use super::Status;
 use super::StorageError;
+use super::projection::CustomerProjection;
 use super::writer::{self, Delivery};
-use crate::handlers::projection::CustomerProjection;
 use crate::storage::model::SyncedPage;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 

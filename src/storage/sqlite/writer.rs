@@ -13,9 +13,10 @@
 
 use super::connection::{self, WriterOptions};
 use super::events::{self, EventRow};
+use super::projection::CustomerProjection;
 use super::{Ingested, NewDelivery, RebuildReport, Status, StorageError};
 use crate::event::{Event, ParseError};
-use crate::handlers::projection::{CustomerProjection, Effect, Encoded, ProjectionHandler};
+use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
 use crate::telemetry;
 use rusqlite::{Connection, TransactionBehavior};
@@ -61,9 +62,7 @@ fn prepare(body: &[u8], event: Option<&Event>) -> (DedupeKeys, Encoded) {
         body: Sha256::digest(body).into(),
         semantic: event.and_then(semantic_key),
     };
-    let prepared = event
-        .map(|e| CustomerProjection.prepare(e))
-        .unwrap_or_default();
+    let prepared = event.map(Encoded::of).unwrap_or_default();
     (keys, prepared)
 }
 
