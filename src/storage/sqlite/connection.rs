@@ -7,7 +7,16 @@ use std::time::Duration;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
-const WRITER_CHECKPOINT_PAGES: i64 = 4 * 1024;
+/// The page size of a new database. Each delivery changes one leaf in each of about a dozen
+/// B-trees at random places, and SQLite writes every changed page whole to the WAL (then once
+/// more when it checkpoints), so the bytes a delivery costs on disk grow with the page size.
+/// Measured on one delivery at a time (bench/README.md): 4096-byte pages append 17.5 pages,
+/// 72 KB, to the WAL per delivery; 2048 bytes 20.7 pages, 43 KB; 1024 bytes 26.6 pages, 28 KB.
+/// A database keeps the page size it was created with.
+const NEW_DATABASE_PAGE_SIZE: i64 = 1024;
+/// WAL bytes between automatic checkpoints, whatever the page size (4096 pages of 4 KiB before
+/// new databases took smaller pages).
+const WRITER_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
 /// After a checkpoint resets it, the WAL file is truncated back to this size.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
@@ -49,10 +58,17 @@ pub fn open_writer(options: &WriterOptions) -> rusqlite::Result<Connection> {
     // larger than SQLite's default (1000 pages) costs less per event; but a checkpoint runs
     // inline and the deliveries behind it wait, so a larger one lengthens the tail. Measured
     // with bench/run.sh: 1000 pages ~6.9k/s p99 17 ms; 4096 ~7.8k/s p99 26 ms; 16384 ~8.2k/s
-    // p99 43 ms; a background checkpoint thread ~9k/s p99 85 ms.
-    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+    // p99 43 ms; a background checkpoint thread ~9k/s p99 85 ms (all with 4 KiB pages).
+    // Before the journal mode: switching to WAL writes the first page of a new database.
+    conn.pragma_update(None, "page_size", NEW_DATABASE_PAGE_SIZE)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        WRITER_CHECKPOINT_BYTES / page_size.max(512),
+    )?;
     conn.pragma_update(None, "synchronous", synchronous_level(options.synchronous))?;
     // Each delivery runs in its own savepoint: keep the savepoint and statement journals in
     // memory (a few pages per delivery) instead of temporary files, which tripled the bytes
@@ -134,5 +150,37 @@ mod tests {
         conn.execute("DELETE FROM t", []).unwrap();
         conn.execute("INSERT INTO t VALUES (zeroblob(65536))", [])
             .expect("freed pages are reused under the cap");
+    }
+
+    fn page_size(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_database_takes_small_pages_and_an_existing_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = open_writer(&options(dir.path().join("new.db"), 0)).unwrap();
+        fresh.execute_batch("CREATE TABLE t (x)").unwrap();
+        assert_eq!(page_size(&fresh), NEW_DATABASE_PAGE_SIZE);
+        let checkpoint: i64 = fresh
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(checkpoint * NEW_DATABASE_PAGE_SIZE, WRITER_CHECKPOINT_BYTES);
+
+        let path = dir.path().join("released.db");
+        let released = Connection::open(&path).unwrap();
+        released
+            .execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t (x);",
+            )
+            .unwrap();
+        drop(released);
+        let reopened = open_writer(&options(path, 0)).unwrap();
+        assert_eq!(page_size(&reopened), 4096);
+        let checkpoint: i64 = reopened
+            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+            .unwrap();
+        assert_eq!(checkpoint * 4096, WRITER_CHECKPOINT_BYTES);
     }
 }
