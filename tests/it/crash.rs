@@ -1,6 +1,9 @@
 //! Crash safety of the real binary: under concurrent load the process is killed with SIGKILL
 //! once a random number of deliveries (in the hundreds) were acknowledged, and restarted, several
-//! times on one database. Before each kill every answer must be a 2xx; after each restart the
+//! times on one database. Every other cycle the kill lands in the shutdown instead: SIGTERM
+//! first, then SIGKILL a random few milliseconds later, while the daemon answers what is in
+//! flight or copies its write-ahead log into the database (its final checkpoint). Before each
+//! kill every answer must be a 2xx; after each restart the
 //! database must pass `PRAGMA integrity_check`, every acknowledged delivery must be in the event
 //! log, the projection must show at least the highest acknowledged revision of every customer,
 //! and every acknowledged body delivered again must be a `duplicate` (its dedupe key survived).
@@ -16,7 +19,9 @@ const USER: &str = "rebilly";
 const PASSWORD: &str = "crash-test-password-0123";
 const API_TOKEN: &str = "crash-test-api-token-0123456789";
 const TASKS: usize = 32;
-const CYCLES: usize = 3;
+const CYCLES: usize = 4;
+/// The longest wait between SIGTERM and SIGKILL in a shutdown cycle.
+const SHUTDOWN_KILL_MAX_MS: u64 = 60;
 /// Each cycle kills the daemon once this many deliveries, or a random number up to twice as
 /// many, were acknowledged.
 const MIN_ACKS: usize = 150;
@@ -156,6 +161,10 @@ async fn load(
             Err(error) => panic!("delivery failed before the kill: {error}"),
         };
         let status = response.status();
+        // Once the shutdown has begun, new deliveries may be refused.
+        if !status.is_success() && progress.killing.load(Ordering::SeqCst) {
+            break;
+        }
         assert!(
             status.is_success(),
             "{customer} revision {revision} answered {status} before the kill: {}",
@@ -179,13 +188,32 @@ async fn load(
     (acks, revisions)
 }
 
-/// Loads the daemon until `kill_at` deliveries are acknowledged, kills it mid-load, and returns
-/// every acknowledgement with each task's customers.
+/// How a cycle ends the daemon.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// SIGKILL in the middle of the load.
+    UnderLoad,
+    /// SIGTERM, then SIGKILL this many milliseconds later: in the drain of the requests in
+    /// flight or in the final checkpoint.
+    InShutdown(u64),
+}
+
+fn sigterm(daemon: &Daemon) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "SIGTERM the daemon");
+}
+
+/// Loads the daemon until `kill_at` deliveries are acknowledged, kills it as `kill` says, and
+/// returns every acknowledgement with each task's customers.
 async fn load_until_killed(
     daemon: &mut Daemon,
     client: &reqwest::Client,
     customers: Vec<Vec<i64>>,
     kill_at: usize,
+    kill: Kill,
 ) -> (Vec<Ack>, Vec<Vec<i64>>) {
     let url = daemon.url("/webhooks/rebilly");
     let progress = Arc::new(Progress::default());
@@ -212,7 +240,13 @@ async fn load_until_killed(
     )
     .await;
     progress.killing.store(true, Ordering::SeqCst);
-    daemon.kill();
+    if let Kill::InShutdown(after_ms) = kill {
+        sigterm(daemon);
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+    }
+    // The daemon may have finished its shutdown already; SIGKILL then finds it exited.
+    let _ = daemon.child.kill();
+    daemon.child.wait().expect("reap the daemon");
     let mut acks = Vec::new();
     let mut customers = Vec::new();
     for task in tasks {
@@ -339,10 +373,15 @@ async fn acknowledged_deliveries_survive_sigkill() {
 
     for cycle in 1..=CYCLES {
         let kill_at = fastrand::usize(MIN_ACKS..=2 * MIN_ACKS);
-        let (acks, next) = load_until_killed(&mut daemon, &client, customers, kill_at).await;
+        let kill = if cycle % 2 == 0 {
+            Kill::InShutdown(fastrand::u64(..=SHUTDOWN_KILL_MAX_MS))
+        } else {
+            Kill::UnderLoad
+        };
+        let (acks, next) = load_until_killed(&mut daemon, &client, customers, kill_at, kill).await;
         customers = next;
         eprintln!(
-            "cycle {cycle}: killed at {kill_at}, {} acknowledged",
+            "cycle {cycle}: {kill:?} at {kill_at}, {} acknowledged",
             acks.len()
         );
         assert!(acks.len() >= kill_at);
