@@ -10,7 +10,10 @@
 #   BENCH_SIZES=10000 BENCH_SECONDS=5 bash bench/durable.sh     # quick run
 #
 # Settings: BENCH_SIZES (events stored before the daemon's runs, "10000"), BENCH_SECONDS (10),
-# BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_OUT (bench/out), BENCH_BUILD (1: build first).
+# BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_OUT (bench/out), BENCH_BUILD (1: build first),
+# BENCH_PAGE_SIZES ("new": the daemon creates its database; a number such as 4096 creates it
+# first with that page size, as a database of an older release has; several may be listed, each
+# measured on a database of its own; needs the sqlite3 shell).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,6 +24,7 @@ BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-64}
 BENCH_THREADS=${BENCH_THREADS:-2}
 BENCH_OUT=${BENCH_OUT:-$ROOT/bench/out}
 BENCH_BUILD=${BENCH_BUILD:-1}
+BENCH_PAGE_SIZES=${BENCH_PAGE_SIZES:-new}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/rebilly-webhookd
 SEED=$TARGET_DIR/release/examples/bench_seed
@@ -102,12 +106,12 @@ measure() {
   sync
   bytes0=$(write_bytes "$pid")
   ticks0=$(cpu_ticks "$pid")
-  BENCH_MODE=ingest BENCH_RUN="$name$RANDOM" BENCH_AUTH="$AUTH" BENCH_CONNECTION_CLOSE=$close \
+  BENCH_MODE=ingest BENCH_RUN="${name//[^A-Za-z0-9]/}$RANDOM" BENCH_AUTH="$AUTH" BENCH_CONNECTION_CLOSE=$close \
     wrk -t "$threads" -c "$connections" -d "${BENCH_SECONDS}s" --timeout 10s -s "$LUA" "$url" \
-    >"$OUT/durable-$name.txt" 2>&1 || die "wrk $name failed"
+    >"$OUT/durable-${name//\//-}.txt" 2>&1 || die "wrk $name failed"
   # Writes the run dirtied but the kernel has not yet charged are charged by the next sync.
   sync
-  line=$(grep '^BENCH_RESULT' "$OUT/durable-$name.txt" | tail -n1)
+  line=$(grep '^BENCH_RESULT' "$OUT/durable-${name//\//-}.txt" | tail -n1)
   n=$(field "$line" requests)
   printf '%s %s %s %s %s\n' "$(calc "$(field "$line" rps)" 0)" "$(field "$line" p99_ms)" \
     "$(calc "($(write_bytes "$pid") - $bytes0) / $n" 0)" \
@@ -138,32 +142,45 @@ for size in $BENCH_SIZES; do
   stop_pid "$pid"
   SERVERS+=("minimal@$size")
 
-  log "seeding the daemon's database to $size events"
-  DB=$WORK/daemon-$size/webhookd.db
-  mapfile -t env_lines < <(daemon_env "$DB" normal)
-  env -u RUST_LOG RUST_LOG=warn "${env_lines[@]}" "$SEED" seed --config "$EXAMPLE_CONFIG" --total "$size" \
-    >/dev/null 2>>"$OUT/durable-seed.log" || die "seeding failed"
-  mapfile -t env_lines < <(daemon_env "$DB" full)
-  env -u RUST_LOG "${env_lines[@]}" "$BIN" serve --config "$EXAMPLE_CONFIG" >/dev/null 2>"$OUT/durable-daemon-$size.log" &
-  pid=$!
-  PIDS+=("$pid")
-  run_loads "daemon@$size" "$pid" "$(wait_address "$OUT/durable-daemon-$size.log" "$pid")"
-  stop_pid "$pid"
-  SERVERS+=("daemon@$size")
-  rm -rf "$WORK/daemon-$size" "$WORK/minimal-$size.db"*
+  for pages in $BENCH_PAGE_SIZES; do
+    name="daemon@$size"
+    DB=$WORK/daemon-$size-$pages/webhookd.db
+    mkdir -p "$(dirname "$DB")"
+    if [[ $pages != new ]]; then
+      name="daemon@$size/$pages"
+      sqlite3 "$DB" "PRAGMA page_size = $pages; PRAGMA journal_mode = WAL; CREATE TABLE t (x); DROP TABLE t;" \
+        >/dev/null || die "sqlite3 could not create $DB"
+    fi
+    log "$name: seeding the daemon's database to $size events"
+    mapfile -t env_lines < <(daemon_env "$DB" normal)
+    env -u RUST_LOG RUST_LOG=warn "${env_lines[@]}" "$SEED" seed --config "$EXAMPLE_CONFIG" --total "$size" \
+      >/dev/null 2>>"$OUT/durable-seed.log" || die "seeding failed"
+    mapfile -t env_lines < <(daemon_env "$DB" full)
+    # Emptied first, so that the address is never read from an older run's log.
+    : >"$OUT/durable-daemon-$size-$pages.log"
+    env -u RUST_LOG "${env_lines[@]}" "$BIN" serve --config "$EXAMPLE_CONFIG" >/dev/null \
+      2>"$OUT/durable-daemon-$size-$pages.log" &
+    pid=$!
+    PIDS+=("$pid")
+    run_loads "$name" "$pid" "$(wait_address "$OUT/durable-daemon-$size-$pages.log" "$pid")"
+    stop_pid "$pid"
+    SERVERS+=("$name")
+    rm -rf "$WORK/daemon-$size-$pages"
+  done
+  rm -rf "$WORK/minimal-$size.db"*
 done
 
 {
   echo
   echo "durable ingest, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, ${BENCH_SECONDS}s per run," \
     "load $(cut -d' ' -f1 /proc/loadavg)"
-  printf '%-16s %-10s %12s %9s %14s %12s %7s\n' server load "deliveries/s" "p99 ms" "disk B/deliv." \
+  printf '%-22s %-10s %12s %9s %14s %12s %7s\n' server load "deliveries/s" "p99 ms" "disk B/deliv." \
     "CPU us/deliv." errors
   for server in "${SERVERS[@]}"; do
     for load in "${LOADS[@]}"; do
       read -r name _ <<<"$load"
       read -r rps p99 bytes cpu errors <<<"${RESULT[$server/$name]}"
-      printf '%-16s %-10s %12s %9s %14s %12s %7s\n' "$server" "$name" "$rps" "$p99" "$bytes" "$cpu" "$errors"
+      printf '%-22s %-10s %12s %9s %14s %12s %7s\n' "$server" "$name" "$rps" "$p99" "$bytes" "$cpu" "$errors"
     done
   done
 } | tee "$OUT/durable-summary.txt"
