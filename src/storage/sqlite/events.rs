@@ -117,6 +117,16 @@ pub fn claim_key(conn: &Connection, key: &[u8], event_id: i64) -> rusqlite::Resu
         .optional()
 }
 
+/// Whether event `id` holds exactly `body` (not pruned, not itself a redelivery).
+pub fn has_body(conn: &Connection, id: i64, body: &[u8]) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT body = ?2 FROM events WHERE id = ?1")?
+        .query_row(params![id, body], |r| r.get::<_, Option<bool>>(0))
+        .optional()?
+        .flatten()
+        .unwrap_or(false))
+}
+
 const RECORD_COLUMNS: &str = "id, received_ms, event_type, customer_id, revision, status, error";
 
 fn record(row: &Row<'_>) -> rusqlite::Result<EventRecord> {

@@ -58,18 +58,23 @@ impl Delivery {
 }
 
 fn prepare(body: &[u8], event: Option<&Event>) -> (DedupeKeys, Encoded) {
-    let keys = DedupeKeys {
-        body: Sha256::digest(body).into(),
-        semantic: event.and_then(semantic_key),
+    let keys = match event.and_then(semantic_key) {
+        Some(key) => DedupeKeys::Semantic(key),
+        None => DedupeKeys::Body(Sha256::digest(body).into()),
     };
     let prepared = event.map(Encoded::of).unwrap_or_default();
     (keys, prepared)
 }
 
-/// Dedupe keys are SHA-256 digests: of the body, and of the (type, customer, revision) text.
-struct DedupeKeys {
-    body: [u8; 32],
-    semantic: Option<[u8; 32]>,
+/// The one dedupe key a delivery claims, a SHA-256 digest. An event with a semantic key (type,
+/// customer, revision) is identified by it alone: a byte-identical redelivery has the same key,
+/// so a second key of its body would only cost one more random B-tree leaf written per
+/// delivery. Events without one (Experian checks, other types, customers without a revision)
+/// are identified by their body. Databases of older releases also hold body keys of customer
+/// events; they are never looked up again.
+enum DedupeKeys {
+    Semantic([u8; 32]),
+    Body([u8; 32]),
 }
 
 /// The key that makes a second event of the same type, customer and revision a duplicate.
@@ -404,18 +409,21 @@ fn classify(
     event: &Event,
     prepared: &Encoded,
 ) -> rusqlite::Result<()> {
-    if let Some(original) = events::claim_key(conn, &keys.body, row.id)? {
+    let key = match keys {
+        DedupeKeys::Semantic(key) | DedupeKeys::Body(key) => key,
+    };
+    if let Some(original) = events::claim_key(conn, key, row.id)? {
         row.status = Status::Duplicate;
         row.duplicate_of = Some(original);
-        // The original holds these very bytes; keeping them twice would only cost space.
-        row.body = None;
-        return Ok(());
-    }
-    if let Some(key) = &keys.semantic
-        && let Some(original) = events::claim_key(conn, key, row.id)?
-    {
-        row.status = Status::Duplicate;
-        row.duplicate_of = Some(original);
+        // When the original holds these very bytes, keeping them twice would only cost space.
+        let same_bytes = match (keys, row.body) {
+            (DedupeKeys::Body(_), _) => true,
+            (DedupeKeys::Semantic(_), Some(body)) => events::has_body(conn, original, body)?,
+            (DedupeKeys::Semantic(_), None) => false,
+        };
+        if same_bytes {
+            row.body = None;
+        }
         return Ok(());
     }
     row.status = match projection.apply(conn, row.id, event, prepared)? {
@@ -538,11 +546,71 @@ mod tests {
         .unwrap();
         assert!(semantic_key(&created).is_some());
         assert_eq!(semantic_key(&check), None);
-        let (keys, _) = prepare(b"abc", None);
+        let (DedupeKeys::Body(key), _) = prepare(b"abc", None) else {
+            panic!("an event without a semantic key is identified by its body");
+        };
+        assert_eq!(key[..4], [0xba, 0x78, 0x16, 0xbf], "SHA-256 of the body");
+        let (keys, _) = prepare(b"abc", Some(&created));
+        assert!(matches!(keys, DedupeKeys::Semantic(_)));
+    }
+
+    fn delivery(body: &str) -> Delivery {
+        let body = body.as_bytes().to_vec();
+        Delivery::new(NewDelivery {
+            parsed: crate::event::parse(&body),
+            body: body.into(),
+            received_ms: 1,
+        })
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_customer_event_claims_one_key_and_a_byte_identical_redelivery_keeps_no_body() {
+        let db = super::super::test_support::TestDb::new();
+        let conn = db.connect();
+        let rev = |revision: i64, name: &str| {
+            format!(
+                r#"{{"eventType":"customer-updated","customerId":"c","_embedded":{{"customer":{{"id":"c","revision":{revision},"firstName":"{name}"}}}}}}"#
+            )
+        };
+        let first = delivery(&rev(1, "a"));
+        let applied = ingest_one(&conn, &CustomerProjection, 1, &first).unwrap();
+        assert_eq!(applied.status, Status::Applied);
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM dedupe_keys"), 1);
+
+        let again = delivery(&rev(1, "a"));
         assert_eq!(
-            keys.body[..4],
-            [0xba, 0x78, 0x16, 0xbf],
-            "SHA-256 of the body"
+            ingest_one(&conn, &CustomerProjection, 2, &again)
+                .unwrap()
+                .status,
+            Status::Duplicate
+        );
+        let other_bytes = delivery(&rev(1, "b"));
+        assert_eq!(
+            ingest_one(&conn, &CustomerProjection, 3, &other_bytes)
+                .unwrap()
+                .status,
+            Status::Duplicate
+        );
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM dedupe_keys"), 1);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM events WHERE duplicate_of = 1 AND body IS NULL AND id = 2"
+            ),
+            1,
+            "the same bytes are not kept twice"
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM events WHERE duplicate_of = 1 AND body IS NOT NULL AND id = 3"
+            ),
+            1,
+            "other bytes for the same revision are kept"
         );
     }
 }
