@@ -4,6 +4,7 @@
 //! model, queries and handler state, never of SQL. It is the seam between the daemon and its
 //! backends: SQLite, embedded, is the default (`sqlite`). No SQL lives outside this module.
 
+mod delivery;
 mod error;
 mod model;
 pub mod sqlite;

@@ -20,6 +20,7 @@ mod writer;
 
 pub use migrations::MIGRATIONS;
 
+use super::delivery::Delivery;
 use super::model::{
     CustomerPage, EventDetail, EventRecord, HandlerStats, Ingested, NewDelivery, Outcome, PruneKey,
     PruneStep, RebuildReport, SyncedPage, Work,
@@ -34,7 +35,7 @@ use readers::Readers;
 use rusqlite::Connection;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
-use writer::{Command, Delivery, Job};
+use writer::{Command, Job};
 
 /// Bytes the readiness probe writes. A delivery of the fixtures (2 to 4 KiB bodies) appends 7
 /// to 16 pages to the WAL (the event row, its indexes, dedupe keys, the customer and its

@@ -4,7 +4,8 @@
 use super::Status;
 use super::StorageError;
 use super::projection::CustomerProjection;
-use super::writer::{self, Delivery};
+use super::writer;
+use crate::storage::delivery::Delivery;
 use crate::storage::model::SyncedPage;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 

@@ -18,9 +18,9 @@ use super::{Ingested, NewDelivery, RebuildReport, Status, StorageError};
 use crate::event::{Event, ParseError};
 use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
+use crate::storage::delivery::{DedupeKeys, Delivery, prepare, touched};
 use crate::telemetry;
 use rusqlite::{Connection, TransactionBehavior};
-use sha2::{Digest, Sha256};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -36,65 +36,6 @@ pub enum Command {
     Job(Job),
     /// Runs, then ends the writer.
     Stop(Job),
-}
-
-/// A delivery with everything that needs no database (hashes, encoded snapshots) computed on
-/// the request's own task, so that the single writer thread spends its time on SQLite.
-pub struct Delivery {
-    inner: NewDelivery,
-    keys: DedupeKeys,
-    prepared: Encoded,
-}
-
-impl Delivery {
-    pub fn new(inner: NewDelivery) -> Self {
-        let (keys, prepared) = prepare(&inner.body, inner.parsed.as_ref().ok());
-        Self {
-            inner,
-            keys,
-            prepared,
-        }
-    }
-}
-
-fn prepare(body: &[u8], event: Option<&Event>) -> (DedupeKeys, Encoded) {
-    let keys = match event.and_then(semantic_key) {
-        Some(key) => DedupeKeys::Semantic(key),
-        None => DedupeKeys::Body(Sha256::digest(body).into()),
-    };
-    let prepared = event.map(Encoded::of).unwrap_or_default();
-    (keys, prepared)
-}
-
-/// The one dedupe key a delivery claims, a SHA-256 digest. An event with a semantic key (type,
-/// customer, revision) is identified by it alone: a byte-identical redelivery has the same key,
-/// so a second key of its body would only cost one more random B-tree leaf written per
-/// delivery. Events without one (Experian checks, other types, customers without a revision)
-/// are identified by their body. Databases of older releases also hold body keys of customer
-/// events; they are never looked up again.
-enum DedupeKeys {
-    Semantic([u8; 32]),
-    Body([u8; 32]),
-}
-
-/// The key that makes a second event of the same type, customer and revision a duplicate.
-/// Experian checks have none: each one is kept.
-fn semantic_key(event: &Event) -> Option<[u8; 32]> {
-    let text = match event {
-        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
-            let revision = e.customer.revision?;
-            format!(
-                "{}\n{}\n{}",
-                event.event_type(),
-                e.customer.id,
-                revision.get()
-            )
-        }
-        // A customer is merged away once: the duplicated id alone identifies the merge.
-        Event::CustomerMerged(e) => format!("{}\n{}", event.event_type(), e.duplicated.id),
-        Event::ExperianCheckPerformed(_) | Event::Other { .. } => return None,
-    };
-    Some(Sha256::digest(text.as_bytes()).into())
 }
 
 /// Failed batches and failed deliveries, each logged at most once per interval.
@@ -375,26 +316,6 @@ fn classified_row<'a>(
     Ok(row)
 }
 
-/// Every customer an event touches, each once: handlers hold the event behind all of them.
-fn touched(event: &Event) -> Vec<&str> {
-    let mut customers: Vec<&str> = match event {
-        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
-            vec![e.customer.id.as_str()]
-        }
-        Event::CustomerMerged(e) => std::iter::once(e.duplicated.id.as_str())
-            .chain(std::iter::once(e.target_id.as_str()))
-            .chain(e.target.iter().map(|t| t.id.as_str()))
-            .collect(),
-        Event::ExperianCheckPerformed(e) => std::iter::once(e.customer_id.as_str())
-            .chain(e.customer.iter().map(|c| c.id.as_str()))
-            .collect(),
-        Event::Other { .. } => Vec::new(),
-    };
-    customers.sort_unstable();
-    customers.dedup();
-    customers
-}
-
 fn reject(row: &mut EventRow<'_>, error: &ParseError) {
     row.status = Status::Rejected;
     row.error = Some(error.to_string());
@@ -409,10 +330,7 @@ fn classify(
     event: &Event,
     prepared: &Encoded,
 ) -> rusqlite::Result<()> {
-    let key = match keys {
-        DedupeKeys::Semantic(key) | DedupeKeys::Body(key) => key,
-    };
-    if let Some(original) = events::claim_key(conn, key, row.id)? {
+    if let Some(original) = events::claim_key(conn, keys.key(), row.id)? {
         row.status = Status::Duplicate;
         row.duplicate_of = Some(original);
         // When the original holds these very bytes, keeping them twice would only cost space.
@@ -533,26 +451,6 @@ fn id_list(ids: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn experian_checks_have_no_semantic_key_but_customer_events_do() {
-        let created = crate::event::parse(
-            br#"{"eventType":"customer-created","customerId":"c","_embedded":{"customer":{"id":"c","revision":2}}}"#,
-        )
-        .unwrap();
-        let check = crate::event::parse(
-            br#"{"eventType":"experian-check-performed","customerId":"c","outcome":1,"_embedded":{"customer":{"id":"c","revision":2}}}"#,
-        )
-        .unwrap();
-        assert!(semantic_key(&created).is_some());
-        assert_eq!(semantic_key(&check), None);
-        let (DedupeKeys::Body(key), _) = prepare(b"abc", None) else {
-            panic!("an event without a semantic key is identified by its body");
-        };
-        assert_eq!(key[..4], [0xba, 0x78, 0x16, 0xbf], "SHA-256 of the body");
-        let (keys, _) = prepare(b"abc", Some(&created));
-        assert!(matches!(keys, DedupeKeys::Semantic(_)));
-    }
 
     fn delivery(body: &str) -> Delivery {
         let body = body.as_bytes().to_vec();
