@@ -9,6 +9,8 @@ pub enum StorageError {
     WriterGone,
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] rusqlite_migration::Error),
     #[error("cannot prepare the database folder: {0}")]
@@ -52,6 +54,8 @@ impl StorageError {
                     | std::io::ErrorKind::Interrupted
                     | std::io::ErrorKind::WouldBlock
             ),
+            // Classified by the PostgreSQL backend's own rules.
+            Self::Postgres(error) => error.is_closed(),
             Self::Migration(_) | Self::Join(_) | Self::Incomplete(_) => false,
         }
     }

@@ -6,6 +6,7 @@
 
 mod error;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 /// Re-exported where the log and the writer have always named it.
