@@ -136,10 +136,14 @@ pub async fn claim_keys(
         .await?;
     let row = tx.query_one(&claim, &[&body, &semantic, &event_id]).await?;
     let (body_claimed, semantic_claimed): (bool, bool) = (row.get(0), row.get(2));
-    let (key, owner, taken): (&[u8], Option<i64>, fn(i64) -> Taken) = if !body_claimed {
-        (body, row.get(1), Taken::Body)
+    let (key, owner, taken) = if !body_claimed {
+        (
+            body,
+            row.get::<_, Option<i64>>(1),
+            Taken::Body as fn(i64) -> Taken,
+        )
     } else if let Some(semantic) = semantic.filter(|_| !semantic_claimed) {
-        (semantic, row.get(3), Taken::Semantic)
+        (semantic, row.get(3), Taken::Semantic as fn(i64) -> Taken)
     } else {
         return Ok(None);
     };
