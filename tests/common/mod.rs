@@ -7,6 +7,7 @@ pub mod bodies;
 pub mod db;
 pub mod fake_rebilly;
 pub mod http;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 pub mod wait;
