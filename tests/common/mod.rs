@@ -7,6 +7,7 @@ pub mod bodies;
 pub mod db;
 pub mod fake_rebilly;
 pub mod http;
+pub mod matrix;
 pub mod postgres;
 pub mod process;
 pub mod raw;
@@ -16,6 +17,7 @@ pub use backpressure::*;
 pub use bodies::*;
 pub use db::*;
 pub use http::*;
+pub(crate) use matrix::backends;
 pub use process::*;
 pub use raw::*;
 pub use wait::*;
@@ -47,7 +49,7 @@ listen = "{listen}"
 [storage]
 path = "{db}"
 synchronous = "normal"
-
+{storage_lines}
 [[auth.basic]]
 username = "{USER}"
 password = "{PASSWORD}"
@@ -55,7 +57,8 @@ password = "{PASSWORD}"
 [api]
 token = "{API_TOKEN}"
 "#,
-        db = db.display()
+        db = db.display(),
+        storage_lines = matrix::storage_lines(),
     )
 }
 

@@ -61,6 +61,22 @@ pub async fn fresh_database() -> Option<String> {
         .expect("creating a test database")
 }
 
+/// Whether a PostgreSQL server is there for the tests (starting the shared one if need be);
+/// when not, [`no_postgres`] has said so, or failed the test under `CI=true`. Blocks.
+pub fn available_now() -> bool {
+    match shared() {
+        Shared::Missing(reason) => no_postgres::<()>(reason).is_some(),
+        _ => true,
+    }
+}
+
+/// [`available_now`] off the async runtime's threads.
+pub async fn available() -> bool {
+    tokio::task::spawn_blocking(available_now)
+        .await
+        .expect("looking for PostgreSQL")
+}
+
 /// Handles the absence of PostgreSQL: fails under CI, otherwise says so loudly.
 pub fn no_postgres<T>(reason: &str) -> Option<T> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
