@@ -4,6 +4,7 @@
 
 pub mod backpressure;
 pub mod bodies;
+pub mod cluster;
 pub mod db;
 pub mod fake_rebilly;
 pub mod http;

@@ -23,6 +23,7 @@ mod pg_harness;
 mod projection;
 mod properties;
 mod queries;
+mod replicas;
 mod retention;
 mod sync;
 mod upgrade;
