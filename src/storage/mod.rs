@@ -4,7 +4,9 @@
 //! model, queries and handler state, never of SQL. It is the seam between the daemon and its
 //! backends: SQLite, embedded, is the default (`sqlite`). No SQL lives outside this module.
 
+mod customer_view;
 mod error;
+mod filter_sql;
 mod model;
 pub mod postgres;
 pub mod sqlite;
