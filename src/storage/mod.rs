@@ -6,7 +6,9 @@
 //! PostgreSQL (`postgres`) lets several daemons share one database. No SQL lives outside this
 //! module.
 
+mod customer_view;
 mod error;
+mod filter_sql;
 mod model;
 pub mod postgres;
 pub mod sqlite;
