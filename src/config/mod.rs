@@ -109,11 +109,35 @@ pub enum Synchronous {
     Normal,
 }
 
+/// Which database holds the event log and the projection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// An embedded SQLite file (`storage.path`), for one daemon.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`storage.url`) that several daemons may share.
+    Postgres,
+}
+
+/// `Debug` is derived: the URL and the password are [`Secret`]s and print redacted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    pub backend: StorageBackend,
     /// SQLite database file, created with its parent folder if missing.
     pub path: PathBuf,
+    /// PostgreSQL connection URL (`postgres://user:password@host:5432/db?sslmode=require`) or
+    /// key=value string; a secret, as it may carry the password.
+    pub url: Option<Secret>,
+    /// PostgreSQL password, when the URL carries none (so that it can come from the
+    /// environment: `REBILLY_WEBHOOKD__STORAGE__PASSWORD`).
+    pub password: Option<Secret>,
+    /// Most PostgreSQL connections this daemon opens (the writer, readers, handlers).
+    pub max_connections: usize,
+    /// Longest wait for a PostgreSQL connection (connecting included), in seconds, before a
+    /// request is answered 503.
+    pub connect_timeout_seconds: u64,
     /// `full` syncs every commit to disk; `normal` may lose the last commits on power loss.
     pub synchronous: Synchronous,
     /// Deliveries waiting for the writer before new ones are answered 503.

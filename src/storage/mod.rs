@@ -2,7 +2,9 @@
 //!
 //! The rest of the crate sees only [`Store`], an asynchronous interface that speaks of the event
 //! model, queries and handler state, never of SQL. It is the seam between the daemon and its
-//! backends: SQLite, embedded, is the default (`sqlite`). No SQL lives outside this module.
+//! backends, chosen by `storage.backend`: SQLite, embedded, is the default (`sqlite`);
+//! PostgreSQL (`postgres`) lets several daemons share one database. No SQL lives outside this
+//! module.
 
 mod customer_view;
 mod error;
@@ -19,10 +21,11 @@ pub use model::{
     NewDelivery, Outcome, PruneKey, PruneStep, RebuildReport, SyncedPage, Work,
 };
 
-use crate::config::{HandlerStart, StorageSettings};
+use crate::config::{HandlerStart, StorageBackend, StorageSettings};
 use crate::handlers::DispatchedEvent;
 use crate::query::{CustomerQuery, EventQuery};
 use crate::sync::SyncedSnapshot;
+use postgres::PgStore;
 use sqlite::SqliteStore;
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +43,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 /// Runs the same call on whichever backend the store holds.
@@ -47,16 +51,20 @@ macro_rules! on_backend {
     ($store:expr, $backend:ident => $call:expr) => {
         match &$store.backend {
             Backend::Sqlite($backend) => $call,
+            Backend::Postgres($backend) => $call,
         }
     };
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the configured backend.
+    /// Opens the configured backend: SQLite is created if needed and migrated at once;
+    /// PostgreSQL connects and migrates on first use (inside the Tokio runtime).
     pub fn open(settings: &StorageSettings) -> Result<Self, StorageError> {
-        Ok(Self {
-            backend: Backend::Sqlite(SqliteStore::open(settings)?),
-        })
+        let backend = match settings.backend {
+            StorageBackend::Sqlite => Backend::Sqlite(SqliteStore::open(settings)?),
+            StorageBackend::Postgres => Backend::Postgres(PgStore::open(settings)?),
+        };
+        Ok(Self { backend })
     }
 
     /// Stores a delivery and applies it to the projection; answers once the commit is durable.

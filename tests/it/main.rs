@@ -19,6 +19,7 @@ mod limits;
 mod older_records;
 mod openapi;
 mod operations;
+mod pg_store;
 mod projection;
 mod properties;
 mod queries;

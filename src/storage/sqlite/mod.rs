@@ -15,7 +15,7 @@ mod readers;
 mod sync_state;
 #[cfg(test)]
 mod test_support;
-mod writer;
+pub(super) mod writer;
 
 pub use migrations::MIGRATIONS;
 
@@ -418,7 +418,12 @@ mod tests {
 
     fn capped_settings(dir: &std::path::Path, max_size_bytes: u64) -> StorageSettings {
         StorageSettings {
+            backend: crate::config::StorageBackend::Sqlite,
             path: dir.join("capped.db"),
+            url: None,
+            password: None,
+            max_connections: 1,
+            connect_timeout_seconds: 1,
             synchronous: Synchronous::Normal,
             queue_capacity: 64,
             max_batch: 16,

@@ -41,9 +41,9 @@ pub enum Command {
 /// A delivery with everything that needs no database (hashes, encoded snapshots) computed on
 /// the request's own task, so that the single writer thread spends its time on SQLite.
 pub struct Delivery {
-    inner: NewDelivery,
-    keys: DedupeKeys,
-    prepared: Encoded,
+    pub(in crate::storage) inner: NewDelivery,
+    pub(in crate::storage) keys: DedupeKeys,
+    pub(in crate::storage) prepared: Encoded,
 }
 
 impl Delivery {
@@ -57,7 +57,7 @@ impl Delivery {
     }
 }
 
-fn prepare(body: &[u8], event: Option<&Event>) -> (DedupeKeys, Encoded) {
+pub(in crate::storage) fn prepare(body: &[u8], event: Option<&Event>) -> (DedupeKeys, Encoded) {
     let keys = DedupeKeys {
         body: Sha256::digest(body).into(),
         semantic: event.and_then(semantic_key),
@@ -67,9 +67,9 @@ fn prepare(body: &[u8], event: Option<&Event>) -> (DedupeKeys, Encoded) {
 }
 
 /// Dedupe keys are SHA-256 digests: of the body, and of the (type, customer, revision) text.
-struct DedupeKeys {
-    body: [u8; 32],
-    semantic: Option<[u8; 32]>,
+pub(in crate::storage) struct DedupeKeys {
+    pub(in crate::storage) body: [u8; 32],
+    pub(in crate::storage) semantic: Option<[u8; 32]>,
 }
 
 /// The key that makes a second event of the same type, customer and revision a duplicate.
@@ -371,7 +371,7 @@ fn classified_row<'a>(
 }
 
 /// Every customer an event touches, each once: handlers hold the event behind all of them.
-fn touched(event: &Event) -> Vec<&str> {
+pub(in crate::storage) fn touched(event: &Event) -> Vec<&str> {
     let mut customers: Vec<&str> = match event {
         Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
             vec![e.customer.id.as_str()]
