@@ -147,6 +147,18 @@ async fn take_lease(client: &Client, owner: &str, handler: &str) -> Result<bool,
             == 1)
 }
 
+/// Gives up every lease `owner` holds, for a daemon that stops: another daemon takes its
+/// handlers over at its next look instead of once the leases lapse. Returns how many.
+pub async fn release_leases(client: &Client, owner: &str) -> Result<u64, StorageError> {
+    Ok(client
+        .execute(
+            "UPDATE handler_cursors SET lease_owner = NULL, lease_until_ms = 0
+             WHERE lease_owner = $1",
+            &[&owner],
+        )
+        .await?)
+}
+
 /// Loads a pass of work for the daemon `owner` from one read snapshot, so that the cursor,
 /// the retries, the fresh events and the holds agree with each other. Empty while another
 /// daemon holds the handler's lease.

@@ -366,6 +366,20 @@ impl PgStore {
 
     /// Stops the writer after it has committed everything queued before this call.
     pub async fn close(&self) {
+        // The handlers stopped before this: another daemon may take them over at once.
+        let release = async {
+            let client = self.client().await?;
+            handler_state::release_leases(&client, &self.shared.owner).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), release).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "handler leases not released; they lapse by themselves");
+            }
+            Err(_) => {
+                tracing::warn!("handler leases not released in time; they lapse by themselves")
+            }
+        }
         let (done, stopped) = oneshot::channel();
         if self.shared.commands.send(Command::Stop(done)).await.is_ok() {
             let _ = stopped.await;

@@ -240,12 +240,13 @@ pub async fn event(client: &Client, id: i64) -> Result<Option<EventDetail>, Stor
 
 /// Every handler's state for one event: owed (pending or dead) or skipped, by handler name.
 async fn handler_attempts(client: &Client, id: i64) -> Result<Vec<HandlerAttempt>, StorageError> {
-    let sql = "SELECT handler, state, attempts::BIGINT, last_error, next_attempt_ms
-             FROM handler_deliveries WHERE event_id = $1
-             UNION ALL
-             SELECT handler, 'skipped', 0::BIGINT, reason, skipped_ms
-             FROM handler_skips WHERE event_id = $1
-               ORDER BY 1 COLLATE \"C\"";
+    let sql = "SELECT handler, state, attempts, last_error, next_attempt_ms FROM (
+                   SELECT handler, state, attempts::BIGINT, last_error, next_attempt_ms
+                   FROM handler_deliveries WHERE event_id = $1
+                   UNION ALL
+                   SELECT handler, 'skipped', 0, reason, skipped_ms
+                   FROM handler_skips WHERE event_id = $1) attempts
+               ORDER BY handler COLLATE \"C\"";
     let mut attempts = Vec::new();
     for row in client.query(sql, &[&id]).await? {
         let state: String = row.try_get(1)?;
