@@ -152,6 +152,17 @@ pub struct StorageSettings {
     pub max_size_bytes: u64,
 }
 
+impl StorageSettings {
+    /// Where events are stored, for logs: the SQLite file, or only the word for PostgreSQL,
+    /// whose URL is a secret.
+    pub fn describe(&self) -> String {
+        match self.backend {
+            StorageBackend::Sqlite => self.path.display().to_string(),
+            StorageBackend::Postgres => "PostgreSQL (storage.url)".to_owned(),
+        }
+    }
+}
+
 /// `Debug` is derived: the password is a [`Secret`] and prints redacted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -450,6 +461,41 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("token-token"), "{printed}");
         assert!(printed.contains("rebilly"));
+    }
+
+    #[test]
+    fn postgres_needs_a_url_that_never_reaches_messages_or_debug_output() {
+        let error = load_toml("[storage]\nbackend = \"postgres\"\n").unwrap_err();
+        assert!(error.to_string().contains("storage.url"), "{error}");
+        let error = load_toml("[storage]\nbackend = \"mysql\"\n").unwrap_err();
+        assert!(error.to_string().contains("backend"), "{error}");
+        let error = load_toml(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:hunter2@db/app?sslmode=maybe\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("storage.url"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let settings = load_with_env(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:hunter2@db/app\"\n",
+            &[(
+                "REBILLY_WEBHOOKD__STORAGE__PASSWORD",
+                "from-the-environment",
+            )],
+        )
+        .unwrap();
+        assert_eq!(settings.storage.backend, StorageBackend::Postgres);
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("from-the-environment"), "{printed}");
+        assert_eq!(
+            settings.storage.password.as_ref().map(Secret::expose),
+            Some("from-the-environment")
+        );
+        assert_eq!(
+            Settings::load(None).unwrap().storage.backend,
+            StorageBackend::Sqlite
+        );
     }
 
     #[test]
