@@ -21,10 +21,17 @@ tokio::task_local! {
     static BACKEND: Backend;
 }
 
+thread_local! {
+    /// The backend of a synchronous test, which runs on a thread of its own.
+    static THREAD_BACKEND: std::cell::Cell<Option<Backend>> = const { std::cell::Cell::new(None) };
+}
+
 /// The backend of the running test; SQLite outside the matrix.
 pub fn current() -> Backend {
     BACKEND
         .try_with(|backend| *backend)
+        .ok()
+        .or_else(|| THREAD_BACKEND.with(std::cell::Cell::get))
         .unwrap_or(Backend::Sqlite)
 }
 
@@ -35,6 +42,22 @@ pub async fn on(backend: Backend, test: impl Future<Output = ()>) {
         return;
     }
     BACKEND.scope(backend, test).await
+}
+
+/// [`on`] for a synchronous test body.
+pub fn on_sync(backend: Backend, test: impl FnOnce()) {
+    if backend == Backend::Postgres && !postgres::available_now() {
+        return;
+    }
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            THREAD_BACKEND.with(|cell| cell.set(None));
+        }
+    }
+    THREAD_BACKEND.with(|cell| cell.set(Some(backend)));
+    let _reset = Reset;
+    test()
 }
 
 /// The lines of the `[storage]` table besides `path` for the current backend: nothing for
@@ -69,10 +92,28 @@ pub fn storage_table_for(backend: Backend, path: &Path) -> String {
     )
 }
 
-/// Wraps `#[tokio::test] async fn name() { ... }` items so that each runs once per backend,
-/// as `name::sqlite` and `name::postgres`.
+/// Wraps `#[tokio::test] async fn name() { ... }` (or `#[test] fn name() { ... }`) items so
+/// that each runs once per backend, as `name::sqlite` and `name::postgres`.
 #[allow(unused_macros)]
 macro_rules! backends {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                $(#[$meta])*
+                fn sqlite() {
+                    $crate::common::matrix::on_sync($crate::common::matrix::Backend::Sqlite, || $body)
+                }
+
+                $(#[$meta])*
+                fn postgres() {
+                    $crate::common::matrix::on_sync($crate::common::matrix::Backend::Postgres, || $body)
+                }
+            }
+        )*
+    };
     ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {
         $(
             mod $name {

@@ -307,6 +307,7 @@ async fn deliver_messy_history(app: &TestApp) {
     }
 }
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilding_the_projection_reproduces_it_exactly() {
     let mut app = common::spawn_app().await;
@@ -322,26 +323,23 @@ async fn rebuilding_the_projection_reproduces_it_exactly() {
     assert!(list_before.as_array().unwrap().len() >= 4);
 
     app.stop().await;
-    let table_before = customers_table(&app.db_path);
+    let db = Database::of_config(&app.config_path);
+    let table_before = db.customers();
     assert!(table_before.len() >= 6);
 
     // Damage the projection and the dedupe keys, then rebuild them from the log alone.
-    {
-        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-        conn.execute_batch(
-            "DELETE FROM customers WHERE id IN ('cus_alice_01', 'cus_carol_03');
-             UPDATE customers SET snapshot = '{}', revision = 99 WHERE id = 'cus_mess';
-             DELETE FROM dedupe_keys;",
-        )
-        .unwrap();
-    }
-    assert_ne!(customers_table(&app.db_path), table_before);
+    db.execute(
+        "DELETE FROM customers WHERE id IN ('cus_alice_01', 'cus_carol_03');
+         UPDATE customers SET snapshot = '{}', revision = 99 WHERE id = 'cus_mess';
+         DELETE FROM dedupe_keys;",
+    );
+    assert_ne!(db.customers(), table_before);
 
     let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
     assert_success(&output);
     let report = stdout_json(&output);
     assert!(report["replayed"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(customers_table(&app.db_path), table_before);
+    assert_eq!(db.customers(), table_before);
 
     let app = app.restart().await;
     assert_eq!(customers_page(&app).await, list_before);
@@ -363,6 +361,7 @@ async fn rebuilding_the_projection_reproduces_it_exactly() {
         ))
         .await;
     assert_eq!(status, "duplicate");
+}
 }
 
 backends! {
