@@ -6,11 +6,16 @@
 use crate::common::postgres::{fresh_database, with_database};
 use crate::common::*;
 use rebilly_webhookd::auth::AuthenticatedBody;
-use rebilly_webhookd::config::{HandlerStart, Settings};
+use rebilly_webhookd::config::{HandlerKind, HandlerSettings, HandlerStart, Settings};
+use rebilly_webhookd::dispatch::Worker;
+use rebilly_webhookd::handlers::{AsyncHandler, DispatchedEvent, HandlerFuture};
 use rebilly_webhookd::ingest::Pipeline;
 use rebilly_webhookd::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_query};
-use rebilly_webhookd::storage::{Outcome, StorageError, Store, Work};
+use rebilly_webhookd::storage::{HANDLER_LEASE, Outcome, StorageError, Store, Work};
 use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 struct Daemon {
@@ -315,7 +320,7 @@ async fn lapse_leases(url: &str) {
         .unwrap();
 }
 
-fn delivered(work: &Work) -> Vec<(rebilly_webhookd::handlers::DispatchedEvent, Outcome)> {
+fn delivered(work: &Work) -> Vec<(DispatchedEvent, Outcome)> {
     work.fresh
         .iter()
         .map(|c| (c.event.clone(), Outcome::Delivered))
@@ -455,4 +460,100 @@ async fn daemons_racing_for_a_lapsed_handler_take_it_once() {
     for daemon in &daemons {
         daemon.store.close().await;
     }
+}
+
+/// One handler call: the event, when it started and when it ended.
+type Call = (i64, Instant, Option<Instant>);
+
+/// Records every call, and takes `slow` over the first one.
+struct Recorder {
+    calls: Arc<Mutex<Vec<Call>>>,
+    slow: Duration,
+}
+
+impl AsyncHandler for Recorder {
+    fn handle<'a>(&'a self, event: &'a DispatchedEvent) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let at = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push((event.id, Instant::now(), None));
+                calls.len() - 1
+            };
+            if at == 0 {
+                tokio::time::sleep(self.slow).await;
+            }
+            self.calls.lock().unwrap()[at].2 = Some(Instant::now());
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_pass_longer_than_the_lease_keeps_the_handler_to_itself() {
+    let url = database_or_skip!();
+    let first = open_postgres(&url);
+    let second = open_postgres(&url);
+    let applied = submit(
+        &first.store,
+        &[1, 2].map(|revision| customer_event("customer-updated", "cus_slow", revision, json!({}))),
+    )
+    .await;
+    let settings = HandlerSettings {
+        name: "crm".into(),
+        kind: HandlerKind::Log,
+        max_attempts: 3,
+        backoff_initial_ms: 10,
+        backoff_max_ms: 10,
+        start: HandlerStart::Beginning,
+    };
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (stop, stopped) = watch::channel(false);
+    let recorder = || {
+        Box::new(Recorder {
+            calls: calls.clone(),
+            // Longer than the lease: only renewals during the pass keep it.
+            slow: HANDLER_LEASE + Duration::from_secs(3),
+        })
+    };
+    let workers = [
+        tokio::spawn(
+            Worker::with_handler(&settings, recorder(), first.store.clone()).run(stopped.clone()),
+        ),
+        tokio::spawn(
+            Worker::with_handler(&settings, recorder(), second.store.clone()).run(stopped.clone()),
+        ),
+    ];
+    let deadline = Instant::now() + HANDLER_LEASE * 3;
+    loop {
+        let delivered: Vec<i64> = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, ended)| ended.is_some())
+            .map(|(id, _, _)| *id)
+            .collect();
+        if applied.iter().all(|id| delivered.contains(id)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {delivered:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let calls = calls.lock().unwrap().clone();
+    let ids: Vec<i64> = calls.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(
+        ids, applied,
+        "each once, in order: the slow pass kept its lease"
+    );
+    for pair in calls.windows(2) {
+        assert!(
+            pair[0].2.unwrap() <= pair[1].1,
+            "one call at a time: {calls:?}"
+        );
+    }
+    first.store.close().await;
+    second.store.close().await;
 }
