@@ -20,6 +20,7 @@ mod older_records;
 mod openapi;
 mod operations;
 mod pg_harness;
+mod pg_reads;
 mod pg_store;
 mod projection;
 mod properties;

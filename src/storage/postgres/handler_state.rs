@@ -5,8 +5,8 @@
 //!
 //! The lease is what keeps two daemons off the same customer's events: only the daemon that
 //! holds a handler's lease loads work for it, and a pass's results count only while it still
-//! holds it. The holder renews it with every pass (an idle worker looks for work at least once
-//! a second); a daemon that stops renewing (killed, cut off from the database) loses it after
+//! holds it. The holder renews it with every pass and during long ones (an idle worker looks for
+//! work at least once a second); a daemon that stops renewing (killed, cut off from the database) loses it after
 //! [`LEASE_MS`], and the next daemon to look takes the handler over from the recorded cursor and
 //! owed events, so nothing the stopped daemon had in hand is stranded: it is delivered again.
 
@@ -17,9 +17,8 @@ use crate::storage::model::{Candidate, HandlerStats, Outcome, Work};
 use std::collections::{HashMap, HashSet};
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Row};
 
-/// How long a lease lasts without renewal. Passes are renewed far more often than this; a
-/// pass that runs longer (a slow handler with a long timeout over many events) may see another
-/// daemon take over, and then its results are dropped and delivered again by the new holder.
+/// How long a lease lasts without renewal. A worker renews it during its passes well before
+/// then, and stops a pass whose lease it could not renew in time.
 pub const LEASE_MS: i64 = 15_000;
 
 /// The database's clock in Unix milliseconds: leases are compared on one clock, whatever the
@@ -145,6 +144,25 @@ async fn take_lease(client: &Client, owner: &str, handler: &str) -> Result<bool,
             .execute(&statement, &[&handler, &owner, &LEASE_MS])
             .await?
             == 1)
+}
+
+/// Extends `owner`'s lease on the handler, during a pass; false once another daemon has taken
+/// it over (the pass must stop: its results would not count).
+pub async fn renew_lease(
+    client: &Client,
+    owner: &str,
+    handler: &str,
+) -> Result<bool, StorageError> {
+    let renewed = client
+        .execute(
+            &format!(
+                "UPDATE handler_cursors SET lease_until_ms = {DB_NOW_MS} + $3
+                 WHERE handler = $1 AND lease_owner = $2"
+            ),
+            &[&handler, &owner, &LEASE_MS],
+        )
+        .await?;
+    Ok(renewed == 1)
 }
 
 /// Gives up every lease `owner` holds, for a daemon that stops: another daemon takes its

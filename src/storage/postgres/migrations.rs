@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_handler_leases.sql",
         include_str!("migrations/0002_handler_leases.sql"),
     ),
+    (
+        3,
+        "0003_customer_list_order.sql",
+        include_str!("migrations/0003_customer_list_order.sql"),
+    ),
 ];
 
 /// Taken for the migration run alone; the other advisory locks of the backend use other keys.

@@ -18,6 +18,7 @@ mod sync_state;
 mod writer;
 
 pub use connection::check_url;
+pub use handler_state::LEASE_MS as HANDLER_LEASE_MS;
 
 use super::StorageError;
 use super::model::{
@@ -300,6 +301,12 @@ impl PgStore {
         retry_conflicts!(self, client => handler_state::record_pass(
             &mut client, owner, &handler, cursor, &results, now_ms()
         ))
+    }
+
+    /// Extends this daemon's lease on a handler during a pass; false once another took it.
+    pub async fn renew_handler_lease(&self, handler: String) -> Result<bool, StorageError> {
+        let client = self.client().await?;
+        handler_state::renew_lease(&client, &self.shared.owner, &handler).await
     }
 
     /// When the handler's earliest retry falls due, if it has one.

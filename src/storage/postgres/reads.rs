@@ -66,19 +66,44 @@ fn customer_condition(query: &CustomerQuery) -> Sql {
     sql
 }
 
-/// The list order, the same as SQLite's: text by code point (`COLLATE "C"`, whatever the
-/// database's locale), NULL before any value ascending and after every value descending, ties
-/// broken by id so that paging walks every customer exactly once.
-fn customer_order(query: &CustomerQuery) -> String {
-    let mut terms: Vec<String> = query
+/// One key of the list order.
+struct OrderTerm {
+    column: &'static str,
+    text: bool,
+    descending: bool,
+}
+
+impl OrderTerm {
+    /// The key as SQLite orders it: text by code point (`COLLATE "C"`, whatever the database's
+    /// locale), NULL before any value ascending and after every value descending. `id` is never
+    /// NULL: without a NULLS clause, its order is the one its index has.
+    fn sql(&self, table: &str) -> String {
+        let collate = if self.text { " COLLATE \"C\"" } else { "" };
+        let direction = match (self.descending, self.column == "id") {
+            (false, true) => "ASC",
+            (true, true) => "DESC",
+            (false, false) => "ASC NULLS FIRST",
+            (true, false) => "DESC NULLS LAST",
+        };
+        format!("{table}{}{collate} {direction}", self.column)
+    }
+}
+
+/// The list order; ties are broken by id, so that paging walks every customer exactly once.
+fn customer_order(query: &CustomerQuery) -> Vec<OrderTerm> {
+    let mut terms: Vec<OrderTerm> = query
         .sort
         .iter()
         .filter_map(|(field, descending)| {
             // The query refuses to sort on fields without a column of their own.
-            let Column::Named(name) = column(field) else {
+            let Column::Named(column) = column(field) else {
                 return None;
             };
-            Some(order_term(name, is_text(field), *descending))
+            Some(OrderTerm {
+                column,
+                text: is_text(field),
+                descending: *descending,
+            })
         })
         .collect();
     if !query
@@ -86,9 +111,21 @@ fn customer_order(query: &CustomerQuery) -> String {
         .iter()
         .any(|(field, _)| *field == CustomerField::Id)
     {
-        terms.push(order_term("id", true, false));
+        terms.push(OrderTerm {
+            column: "id",
+            text: true,
+            descending: false,
+        });
     }
-    terms.join(", ")
+    terms
+}
+
+fn order_sql(terms: &[OrderTerm], table: &str) -> String {
+    terms
+        .iter()
+        .map(|term| term.sql(table))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn is_text(field: &CustomerField) -> bool {
@@ -98,33 +135,33 @@ fn is_text(field: &CustomerField) -> bool {
     )
 }
 
-fn order_term(name: &str, text: bool, descending: bool) -> String {
-    let collate = if text { " COLLATE \"C\"" } else { "" };
-    let direction = if descending {
-        "DESC NULLS LAST"
-    } else {
-        "ASC NULLS FIRST"
-    };
-    format!("{name}{collate} {direction}")
-}
-
-/// One statement for the count and the page: the count row is joined to the page, so an
-/// offset past the end still answers the total. The page's rows are numbered in their order,
-/// which the join does not keep by itself.
+/// One statement for the count and the page, so that both come from one snapshot: the count
+/// row is joined to the page, so an offset past the end still answers the total. The page is
+/// chosen on the order's columns alone (from an index when one covers the condition and the
+/// order), and only its rows' snapshots are read.
 fn customer_page_sql(query: &CustomerQuery) -> Sql {
     let mut sql = customer_condition(query);
     let condition = std::mem::take(&mut sql.text);
     let limit = sql.placeholder(Param::Integer(i64::from(query.limit)));
     let offset = sql.placeholder(Param::Integer(i64::from(query.offset)));
     let order = customer_order(query);
+    let mut keys: Vec<&str> = Vec::new();
+    for term in &order {
+        if !keys.contains(&term.column) {
+            keys.push(term.column);
+        }
+    }
     sql.text = format!(
-        "SELECT page.id, page.snapshot, page.merged_into, page.experian_check, total.n
+        "SELECT c.id, c.snapshot, c.merged_into, c.experian_check, total.n
          FROM (SELECT COUNT(*) AS n FROM customers WHERE {condition}) total
          LEFT JOIN LATERAL (
-             SELECT {VIEW_COLUMNS}, ROW_NUMBER() OVER (ORDER BY {order}) AS at
-             FROM customers WHERE {condition}
-             ORDER BY {order} LIMIT {limit} OFFSET {offset}) page ON TRUE
-         ORDER BY page.at"
+             SELECT {keys} FROM customers WHERE {condition}
+             ORDER BY {inner} LIMIT {limit} OFFSET {offset}) page ON TRUE
+         LEFT JOIN customers c ON c.id = page.id
+         ORDER BY {outer}",
+        keys = keys.join(", "),
+        inner = order_sql(&order, ""),
+        outer = order_sql(&order, "page."),
     );
     sql
 }
@@ -297,9 +334,9 @@ mod tests {
             ..ListOptions::default()
         });
         assert_eq!(
-            customer_order(&query),
-            "created_ms DESC NULLS LAST, last_name COLLATE \"C\" ASC NULLS FIRST, \
-             id COLLATE \"C\" ASC NULLS FIRST"
+            order_sql(&customer_order(&query), "page."),
+            "page.created_ms DESC NULLS LAST, page.last_name COLLATE \"C\" ASC NULLS FIRST, \
+             page.id COLLATE \"C\" ASC"
         );
     }
 
@@ -326,7 +363,11 @@ mod tests {
         );
         assert_eq!(sql.text.matches("search LIKE $4 ESCAPE '\\'").count(), 2);
         assert!(sql.text.contains("LIMIT $5 OFFSET $6"), "{}", sql.text);
-        assert!(sql.text.ends_with("ORDER BY page.at"), "{}", sql.text);
+        assert!(
+            sql.text.ends_with("ORDER BY page.id COLLATE \"C\" ASC"),
+            "{}",
+            sql.text
+        );
     }
 
     #[test]
