@@ -28,6 +28,10 @@ pub enum StorageError {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Incomplete(String),
+    /// Another daemon took over a handler during a pass: the pass's results were dropped, and
+    /// the daemon now working the handler delivers those events again.
+    #[error("handler `{0}` was taken over by another daemon; this pass's results were dropped")]
+    LeaseLost(String),
     /// rusqlite errors are not `Clone`: a failed commit reaches every request of its batch as
     /// its message and SQLite's code, which is what classifies it.
     #[error("the batch could not be committed: {message}")]
@@ -67,6 +71,7 @@ impl StorageError {
             Self::Pool(error) => is_transient_pool(error),
             Self::PostgresBatch { transient, .. } => *transient,
             Self::Migration(_) | Self::Join(_) | Self::Incomplete(_) | Self::Settings(_) => false,
+            Self::LeaseLost(_) => false,
         }
     }
 

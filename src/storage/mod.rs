@@ -6,7 +6,9 @@
 //! PostgreSQL (`postgres`) lets several daemons share one database. No SQL lives outside this
 //! module.
 
+mod customer_view;
 mod error;
+mod filter_sql;
 mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -28,6 +30,11 @@ use sqlite::SqliteStore;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::watch;
+
+/// How long a daemon's hold on a handler lasts unless renewed (see
+/// [`Store::renew_handler_lease`]).
+pub const HANDLER_LEASE: std::time::Duration =
+    std::time::Duration::from_millis(postgres::HANDLER_LEASE_MS as u64);
 
 /// The answer to a queued delivery, awaited later (see [`Store::enqueue`]).
 pub type PendingIngest = Pin<Box<dyn Future<Output = Result<Ingested, StorageError>> + Send>>;
@@ -160,6 +167,16 @@ impl Store {
         results: Vec<(DispatchedEvent, Outcome)>,
     ) -> Result<(), StorageError> {
         on_backend!(self, b => b.record_handler_pass(handler, cursor, results).await)
+    }
+
+    /// Keeps this daemon's hold on a handler during a long pass: with several daemons on one
+    /// database, one at a time works a handler, under a lease of [`HANDLER_LEASE`]. False once
+    /// another daemon has taken the handler over. A SQLite database has one daemon.
+    pub async fn renew_handler_lease(&self, handler: String) -> Result<bool, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(backend) => backend.renew_handler_lease(handler).await,
+        }
     }
 
     /// When the handler's earliest retry falls due, if it has one.

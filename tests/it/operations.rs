@@ -76,6 +76,7 @@ async fn readiness_follows_whether_the_database_accepts_writes() {
     assert_eq!(ready.status(), 200, "ready again once the lock is released");
 }
 
+backends! {
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
     let app = common::spawn_app().await;
@@ -102,11 +103,13 @@ async fn request_ids_are_echoed_or_generated() {
     assert!(!second.is_empty());
     assert_ne!(first, second, "generated ids differ");
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Event inspection and replay
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_can_be_inspected_and_replayed() {
     let app = common::spawn_app().await;
@@ -240,6 +243,7 @@ async fn events_can_be_inspected_and_replayed() {
     assert_eq!(status, "applied");
     assert!(next > answer["eventId"].as_i64().unwrap());
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Projection rebuild and pruning
@@ -303,6 +307,7 @@ async fn deliver_messy_history(app: &TestApp) {
     }
 }
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilding_the_projection_reproduces_it_exactly() {
     let mut app = common::spawn_app().await;
@@ -318,26 +323,23 @@ async fn rebuilding_the_projection_reproduces_it_exactly() {
     assert!(list_before.as_array().unwrap().len() >= 4);
 
     app.stop().await;
-    let table_before = customers_table(&app.db_path);
+    let db = Database::of_config(&app.config_path);
+    let table_before = db.customers();
     assert!(table_before.len() >= 6);
 
     // Damage the projection and the dedupe keys, then rebuild them from the log alone.
-    {
-        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
-        conn.execute_batch(
-            "DELETE FROM customers WHERE id IN ('cus_alice_01', 'cus_carol_03');
-             UPDATE customers SET snapshot = '{}', revision = 99 WHERE id = 'cus_mess';
-             DELETE FROM dedupe_keys;",
-        )
-        .unwrap();
-    }
-    assert_ne!(customers_table(&app.db_path), table_before);
+    db.execute(
+        "DELETE FROM customers WHERE id IN ('cus_alice_01', 'cus_carol_03');
+         UPDATE customers SET snapshot = '{}', revision = 99 WHERE id = 'cus_mess';
+         DELETE FROM dedupe_keys;",
+    );
+    assert_ne!(db.customers(), table_before);
 
     let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
     assert_success(&output);
     let report = stdout_json(&output);
     assert!(report["replayed"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(customers_table(&app.db_path), table_before);
+    assert_eq!(db.customers(), table_before);
 
     let app = app.restart().await;
     assert_eq!(customers_page(&app).await, list_before);
@@ -360,7 +362,9 @@ async fn rebuilding_the_projection_reproduces_it_exactly() {
         .await;
     assert_eq!(status, "duplicate");
 }
+}
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_clears_the_bodies_nothing_needs_and_keeps_metadata_and_the_projection() {
     let app = common::spawn_app().await;
@@ -447,6 +451,7 @@ async fn pruning_clears_the_bodies_nothing_needs_and_keeps_metadata_and_the_proj
         .deliver_ok(common::fixture("deliveries/05-customer-created-carol.json"))
         .await;
     assert!(event_detail(&app, id).await["body"].is_string());
+}
 }
 
 fn config_text(listen: &str, db: &Path, extra: &str) -> String {
@@ -638,6 +643,7 @@ async fn sigterm_under_load_loses_no_acknowledged_delivery() {
     assert_eq!(late, 0, "nothing refused was stored");
 }
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_reports_whether_the_daemon_answers() {
     let port = {
@@ -661,6 +667,7 @@ async fn healthcheck_reports_whether_the_daemon_answers() {
         String::from_utf8_lossy(&output.stdout)
     );
     assert!(!output.stderr.is_empty(), "and the reason is printed");
+}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,11 +10,23 @@ use crate::storage::StorageError;
 use tokio_postgres::Client;
 
 /// The migrations in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_schema.sql",
-    include_str!("migrations/0001_schema.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_schema.sql",
+        include_str!("migrations/0001_schema.sql"),
+    ),
+    (
+        2,
+        "0002_handler_leases.sql",
+        include_str!("migrations/0002_handler_leases.sql"),
+    ),
+    (
+        3,
+        "0003_customer_list_order.sql",
+        include_str!("migrations/0003_customer_list_order.sql"),
+    ),
+];
 
 /// Taken for the migration run alone; the other advisory locks of the backend use other keys.
 const MIGRATION_LOCK: i64 = 0x7265_6269_6c6c_7901;

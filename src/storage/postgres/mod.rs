@@ -18,6 +18,7 @@ mod sync_state;
 mod writer;
 
 pub use connection::check_url;
+pub use handler_state::LEASE_MS as HANDLER_LEASE_MS;
 
 use super::StorageError;
 use super::model::{
@@ -302,6 +303,12 @@ impl PgStore {
         ))
     }
 
+    /// Extends this daemon's lease on a handler during a pass; false once another took it.
+    pub async fn renew_handler_lease(&self, handler: String) -> Result<bool, StorageError> {
+        let client = self.client().await?;
+        handler_state::renew_lease(&client, &self.shared.owner, &handler).await
+    }
+
     /// When the handler's earliest retry falls due, if it has one.
     pub async fn next_handler_due(&self, handler: String) -> Result<Option<i64>, StorageError> {
         let client = self.client().await?;
@@ -366,6 +373,20 @@ impl PgStore {
 
     /// Stops the writer after it has committed everything queued before this call.
     pub async fn close(&self) {
+        // The handlers stopped before this: another daemon may take them over at once.
+        let release = async {
+            let client = self.client().await?;
+            handler_state::release_leases(&client, &self.shared.owner).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), release).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "handler leases not released; they lapse by themselves");
+            }
+            Err(_) => {
+                tracing::warn!("handler leases not released in time; they lapse by themselves")
+            }
+        }
         let (done, stopped) = oneshot::channel();
         if self.shared.commands.send(Command::Stop(done)).await.is_ok() {
             let _ = stopped.await;

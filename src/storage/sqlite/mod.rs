@@ -8,7 +8,6 @@
 mod connection;
 mod customers;
 mod events;
-mod filter_sql;
 mod handler_state;
 mod migrations;
 mod projection;
