@@ -16,39 +16,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 
-/// A fresh, empty database on the server `REBILLY_WEBHOOKD_TEST_POSTGRES_URL` names, or `None`
-/// when it is unset (which fails the test under `CI=true`).
+/// A fresh, empty database on the test PostgreSQL, or `None` when there is none (which fails
+/// the test under `CI=true`).
 async fn database_url() -> Option<String> {
-    let Ok(server) = std::env::var("REBILLY_WEBHOOKD_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: REBILLY_WEBHOOKD_TEST_POSTGRES_URL must name a PostgreSQL server"
-        );
-        return None;
-    };
-    let name = format!("pg_store_{}_{:016x}", std::process::id(), fastrand::u64(..));
-    connect(&server)
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    Some(with_database(&server, &name))
-}
-
-/// The URL of database `name` on the server `url` names.
-fn with_database(url: &str, name: &str) -> String {
-    let config = tokio_postgres::Config::from_str(url).unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        other => panic!("a TCP host is needed: {other:?}"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres");
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    format!("postgres://{user}{password}@{host}:{port}/{name}")
+    crate::common::postgres::fresh_database().await
 }
 
 /// Skips the test when PostgreSQL is not available (and fails it under CI).
@@ -604,15 +575,13 @@ async fn losing_the_database_answers_transient_errors_and_recovers_by_itself() {
         .next()
         .unwrap();
     let relay = Relay::start(upstream).await;
-    let relayed = with_database(
-        &url.replacen(
+    let relayed = url
+        .replacen(
             &format!(":{}/", upstream.port()),
             &format!(":{}/", relay.port),
             1,
         )
-        .replacen(&host, "127.0.0.1", 1),
-        config.get_dbname().unwrap(),
-    );
+        .replacen(&host, "127.0.0.1", 1);
     assert!(relayed.contains(&format!(":{}/", relay.port)), "{relayed}");
     let postgres = open_postgres(&relayed);
     let pipeline = Pipeline::new(postgres.store.clone());
