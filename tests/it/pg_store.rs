@@ -222,6 +222,15 @@ fn history(seed: u64) -> Vec<Vec<u8>> {
     bodies.push(merge_event("cus_target", Some(2), "cus_gone", 1));
     bodies.push(customer_event("customer-created", "cus_gone", 5, json!({})));
     bodies.push(br#"{"eventType":"invoice-paid","invoiceId":"in_1"}"#.to_vec());
+    // NUL characters, which PostgreSQL's text cannot hold, in copied and kept fields alike.
+    bodies.push(customer_event(
+        "customer-created",
+        "cus_nul",
+        1,
+        json!({"lastName": "Nul\u{0}Byte", "email": "a\u{0}@example.com",
+               "customFields": {"note": "\u{0}"}}),
+    ));
+    bodies.push(br#"{"eventType":"customer-updated","customerId":"cus_nul","_embedded":{"customer":{"id":"cus_nul","revision":"2\u0000"}}}"#.to_vec());
     bodies.push(br#"{"eventType":"customer-updated","customerId":"not valid!"}"#.to_vec());
     bodies.push(b"[1, 2, 3]".to_vec());
     rng.shuffle(&mut bodies);
