@@ -642,3 +642,59 @@ async fn losing_the_database_answers_transient_errors_and_recovers_by_itself() {
     postgres.store.close().await;
     relay.cut();
 }
+
+#[tokio::test]
+async fn a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
+    let url = database_or_skip!();
+    let postgres = open_postgres(&url);
+    postgres.store.probe_write().await.unwrap();
+    // A defect of one delivery's own (a constraint of the operator's, here), never transient.
+    connect(&url)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.id = 'cus_poison' THEN RAISE EXCEPTION 'poisoned customer'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON customers
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = ["cus_a", "cus_b", "cus_poison", "cus_c", "cus_d"]
+        .iter()
+        .map(|id| customer_event("customer-created", id, 1, json!({})))
+        .collect();
+    let pipeline = Pipeline::new(postgres.store.clone());
+    let mut pending = Vec::new();
+    for body in &bodies {
+        pending.push(pipeline.enqueue(authenticated(body)).await.unwrap());
+    }
+    let mut answers = Vec::new();
+    for answer in pending {
+        answers.push(answer.await);
+    }
+    let error = answers[2]
+        .as_ref()
+        .err()
+        .expect("the poisoned delivery fails");
+    assert!(!error.is_transient(), "{error}");
+    let stored: Vec<(i64, Status)> = answers
+        .iter()
+        .filter_map(|answer| answer.as_ref().ok())
+        .map(|receipt| (receipt.event_id, receipt.status))
+        .collect();
+    assert_eq!(
+        stored,
+        (1..=4).map(|id| (id, Status::Applied)).collect::<Vec<_>>(),
+        "the others are committed, numbered without a gap"
+    );
+    let ids: Vec<String> = postgres_customers(&url)
+        .await
+        .into_iter()
+        .map(|row| row.0)
+        .collect();
+    assert_eq!(ids, ["cus_a", "cus_b", "cus_c", "cus_d"]);
+    postgres.store.close().await;
+}
