@@ -675,10 +675,9 @@ async fn a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
     for answer in pending {
         answers.push(answer.await);
     }
-    let error = answers[2]
-        .as_ref()
-        .err()
-        .expect("the poisoned delivery fails");
+    let Err(error) = &answers[2] else {
+        panic!("the poisoned delivery fails");
+    };
     assert!(!error.is_transient(), "{error}");
     let stored: Vec<(i64, Status)> = answers
         .iter()
