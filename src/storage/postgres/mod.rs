@@ -128,6 +128,7 @@ impl PgStore {
             max_batch: settings.max_batch,
             committed: committed.clone(),
             ready: ready.clone(),
+            connection: None,
             failed_batches: 0,
         };
         let writer = tokio::spawn(writer.run(receiver));

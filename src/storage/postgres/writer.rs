@@ -21,7 +21,7 @@ use crate::log_limit::{self, LogLimit};
 use crate::storage::sqlite::writer::{DedupeKeys, Delivery, touched};
 use crate::storage::{Ingested, Status, StorageError};
 use crate::telemetry;
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{Object, Pool, Transaction};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -50,6 +50,9 @@ pub struct Writer {
     pub max_batch: usize,
     pub committed: std::sync::Arc<watch::Sender<i64>>,
     pub ready: super::Readiness,
+    /// The writer's own connection, kept from batch to batch so that deliveries never wait
+    /// for one behind queries and handlers; replaced after a failure that may be its own.
+    pub connection: Option<Object>,
     /// Batches failed since the last one that committed.
     pub failed_batches: u64,
 }
@@ -124,30 +127,48 @@ impl Writer {
 
     #[allow(clippy::type_complexity)]
     async fn apply_batch(
-        &self,
+        &mut self,
         batch: &[&Delivery],
     ) -> Result<(Vec<Result<Ingested, StorageError>>, i64), StorageError> {
         self.ready.wait(&self.pool).await?;
-        let mut client = self.pool.get().await?;
-        let mut careful = false;
-        let mut attempt = 1;
-        loop {
-            let mut tx = client.transaction().await?;
-            match record_batch(&mut tx, batch, careful).await {
-                Ok(recorded) => {
-                    tx.commit().await?;
-                    return Ok(recorded);
-                }
-                Err(error) => {
-                    drop(tx);
-                    if error.is_conflict() && attempt < CONFLICT_ATTEMPTS {
-                        attempt += 1;
-                        tokio::time::sleep(conflict_pause(attempt)).await;
-                    } else if !careful && !error.is_transient() {
-                        careful = true;
-                    } else {
-                        return Err(error);
-                    }
+        let mut client = match self.connection.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => self.pool.get().await?,
+        };
+        let result = apply_on(&mut client, batch).await;
+        // Kept for the next batch unless the connection itself may be what failed.
+        if !matches!(&result, Err(error) if error.is_transient()) {
+            self.connection = Some(client);
+        }
+        result
+    }
+}
+
+/// Records the batch on `client`: again with savepoints when one delivery fails for a reason
+/// of its own, again as it was when PostgreSQL aborted it for a conflict.
+#[allow(clippy::type_complexity)]
+async fn apply_on(
+    client: &mut Object,
+    batch: &[&Delivery],
+) -> Result<(Vec<Result<Ingested, StorageError>>, i64), StorageError> {
+    let mut careful = false;
+    let mut attempt = 1;
+    loop {
+        let mut tx = client.transaction().await?;
+        match record_batch(&mut tx, batch, careful).await {
+            Ok(recorded) => {
+                tx.commit().await?;
+                return Ok(recorded);
+            }
+            Err(error) => {
+                drop(tx);
+                if error.is_conflict() && attempt < CONFLICT_ATTEMPTS {
+                    attempt += 1;
+                    tokio::time::sleep(conflict_pause(attempt)).await;
+                } else if !careful && !error.is_transient() {
+                    careful = true;
+                } else {
+                    return Err(error);
                 }
             }
         }
