@@ -188,6 +188,41 @@ impl LocalServer {
         with_database(&self.admin_url(), &name)
     }
 
+    /// Turns TLS on with a self-signed certificate for `localhost` (which no client trusts
+    /// unless told to) and restarts the server.
+    pub fn enable_tls(&self) -> Result<(), String> {
+        let data = self.data();
+        let (key, certificate) = (data.join("server.key"), data.join("server.crt"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&certificate)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if !made.status.success() {
+            return Err(format!(
+                "openssl: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            ));
+        }
+        for file in [&key, &certificate] {
+            give_to_service_user(file)?;
+        }
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| format!("chmod the key: {e}"))?;
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+        self.pg_ctl(&["stop", "-m", "fast", "-w"])?;
+        self.pg_ctl_start()
+    }
+
     /// Stops the server at once, as a crash or a lost network would look to its clients.
     pub fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "immediate", "-w"])

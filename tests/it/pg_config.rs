@@ -89,3 +89,52 @@ async fn the_password_comes_from_the_url_or_the_environment_and_never_shows() {
     assert_no_password(&stderr(&wrong), "the error");
     assert_no_password(&stdout(&wrong), "the output");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_asks_for_tls_gets_it_with_the_certificate_verified() {
+    // The server stays up until the test ends: it is dropped last.
+    let Some((_server, url)) = tokio::task::spawn_blocking(|| {
+        let server = LocalServer::private()?;
+        server.enable_tls().expect("TLS on the test server");
+        let url = server.fresh_database_url();
+        Some((server, url))
+    })
+    .await
+    .unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = write_config(dir.path(), &postgres_config(&url, ""));
+    let other = tempfile::tempdir().unwrap();
+    let verified = write_config(
+        other.path(),
+        &postgres_config(&format!("{url}?sslmode=require"), ""),
+    );
+    let (plain, verified) = tokio::task::spawn_blocking(move || {
+        let run = |config: &std::path::Path| {
+            binary()
+                .arg("--config")
+                .arg(config)
+                .args(["customers", "list"])
+                .output()
+                .expect("the binary runs")
+        };
+        (run(&plain), run(&verified))
+    })
+    .await
+    .unwrap();
+    // Without sslmode the connection is plain and works.
+    assert_success(&plain);
+    // With sslmode=require the client speaks TLS (the server said yes to it, or the driver
+    // would say the server does not support TLS) and refuses the self-signed certificate.
+    assert!(
+        !verified.status.success(),
+        "a certificate nobody vouches for is refused: {}",
+        stdout(&verified)
+    );
+    let message = stderr(&verified).to_lowercase();
+    assert!(
+        message.contains("tls handshake"),
+        "the handshake is what failed: {message}"
+    );
+}
