@@ -92,7 +92,7 @@ async fn the_password_comes_from_the_url_or_the_environment_and_never_shows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_that_asks_for_tls_gets_it_with_the_certificate_verified() {
-    // The server stays up until the test ends: it is dropped last.
+    // A private server runs until the test process ends; its watchdog then removes it.
     let Some((_server, url)) = tokio::task::spawn_blocking(|| {
         let server = LocalServer::private()?;
         server.enable_tls().expect("TLS on the test server");
