@@ -157,6 +157,8 @@ fn customer_queries() -> Vec<ListOptions> {
         "primaryAddress.region:QC",
         "region:!QC;country:DE",
         "id:cus_a0,cus_B1,cus_z2",
+        // A NUL character, which PostgreSQL's text cannot hold: it matches nothing.
+        "lastName:!a\u{0}b;country:FR,x\u{0}",
     ];
     let sorts = [
         None,
@@ -167,7 +169,14 @@ fn customer_queries() -> Vec<ListOptions> {
         Some("revision,-id"),
         Some("-email"),
     ];
-    let searches = [None, Some("mail3"), Some("SMI"), Some("%"), Some("_")];
+    let searches = [
+        None,
+        Some("mail3"),
+        Some("SMI"),
+        Some("%"),
+        Some("_"),
+        Some("smi\u{0}"),
+    ];
     let mut queries = Vec::new();
     for filter in filters {
         for sort in sorts {
@@ -228,7 +237,7 @@ async fn reads_answer_as_sqlite_does_for_the_same_history() {
         compared += usize::from(!want.customers.is_empty());
     }
     assert!(compared > 300, "most queries list someone: {compared}");
-    for id in ["cus_a0", "cus_B1", "cus_z2", "cus_unknown"] {
+    for id in ["cus_a0", "cus_B1", "cus_z2", "cus_unknown", "cus_a0\u{0}"] {
         let want = sqlite.store.customer(id.to_owned()).await.unwrap();
         assert_eq!(postgres.store.customer(id.to_owned()).await.unwrap(), want);
     }
@@ -240,6 +249,7 @@ async fn reads_answer_as_sqlite_does_for_the_same_history() {
         Some("revision:2..;eventType:customer-updated"),
         Some("id:..10,!3"),
         Some("receivedTime:2000-01-01T00:00:00Z.."),
+        Some("customerId:cus_a0,x\u{0}"),
     ] {
         for (limit, offset) in [("100", "0"), ("7", "5"), ("3", "900")] {
             let query = parse_event_query(&EventListOptions {
