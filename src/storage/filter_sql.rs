@@ -110,7 +110,8 @@ impl Sql {
             Dialect::Sqlite => {
                 let path = self.placeholder(Param::Text(sqlite_json_path(path)));
                 self.push(&format!(
-                    "(CASE json_type(snapshot, {path}) WHEN 'text' THEN json_extract(snapshot, {path}) \
+                    "(CASE json_type(snapshot, {path}) \
+                     WHEN 'text' THEN json_extract(snapshot, {path}) \
                      WHEN 'null' THEN NULL WHEN 'array' THEN NULL WHEN 'object' THEN NULL \
                      ELSE snapshot -> {path} END)"
                 ));
