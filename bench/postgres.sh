@@ -18,6 +18,7 @@
 # SQLite runs with synchronous = "full" and PostgreSQL with synchronous_commit = on: both answer
 # 200 only after the delivery is durable. Everything listens on 127.0.0.1 only.
 set -euo pipefail
+shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -41,6 +42,8 @@ die() {
 
 # ---------------------------------------------------------------- clean-up
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/webhookd-pgbench.XXXXXX")
+# The cluster's user must reach its folder inside.
+chmod 0755 "$WORK"
 PIDS=()
 PGDATA_DIR=
 PG_BIN=
@@ -90,7 +93,8 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_cluster: a throwaway cluster in $WORK, durable as shipped (fsync, synchronous_commit).
+# start_cluster: a throwaway cluster in $WORK, durable as shipped (fsync, synchronous_commit);
+# sets URL. Runs in this shell (not a subshell), so that clean-up knows to stop it.
 start_cluster() {
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
   [[ -n $PG_BIN && -x $PG_BIN/initdb ]] ||
@@ -98,14 +102,14 @@ start_cluster() {
   local folder=$WORK/postgres port
   mkdir -p "$folder"
   [[ $(id -u) -ne 0 ]] || chown postgres: "$folder"
+  as_postgres "$PG_BIN/initdb" -D "$folder/data" -U postgres -A trust -E UTF8 --locale=C >/dev/null
   PGDATA_DIR=$folder/data
-  as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C >/dev/null
   port=$(free_port)
   as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -w -l "$folder/server.log" \
     -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$folder -c max_connections=200" \
     start >/dev/null
   as_postgres "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -qc 'CREATE DATABASE bench' >/dev/null
-  echo "postgres://postgres@127.0.0.1:$port/bench"
+  URL="postgres://postgres@127.0.0.1:$port/bench"
 }
 
 # ---------------------------------------------------------------- daemons and wrk
@@ -128,15 +132,16 @@ wait_address() {
 }
 
 # start_daemon NAME VAR=VALUE...: starts `serve` on the example configuration with the given
-# overrides; prints its address. Its pid joins PIDS.
+# overrides and sets ADDRESS. Runs in this shell, so that its pid joins PIDS.
 start_daemon() {
   local name=$1
   shift
+  : >"$WORK/$name.log"
   env "REBILLY_WEBHOOKD__SERVER__LISTEN=127.0.0.1:0" "REBILLY_WEBHOOKD__API__TOKEN=$TOKEN" "$@" \
-    "$BIN" --config "$EXAMPLE_CONFIG" serve >/dev/null 2>"$WORK/$name.log" &
+    "$BIN" --config "$EXAMPLE_CONFIG" serve >/dev/null 2>>"$WORK/$name.log" &
   local pid=$!
   PIDS+=("$pid")
-  wait_address "$WORK/$name.log" "$pid"
+  ADDRESS=$(wait_address "$WORK/$name.log" "$pid")
 }
 
 stop_daemons() {
@@ -181,29 +186,44 @@ record() { # LABEL "rps p99 non2xx"
 }
 
 # ---------------------------------------------------------------- runs
+# check_run LABEL "rps p99 errors": a run whose requests failed measures nothing.
+check_run() {
+  local errors
+  errors=$(awk '{ print $3 }' <<<"$2")
+  [[ $errors -eq 0 ]] || die "$1: $errors requests failed (see $OUT and $WORK with BENCH_KEEP=1)"
+}
+
 log "SQLite, one daemon"
-address=$(start_daemon sqlite "REBILLY_WEBHOOKD__STORAGE__PATH=$WORK/sqlite/webhookd.db" \
-  "REBILLY_WEBHOOKD__STORAGE__SYNCHRONOUS=full")
-record "SQLite, 1 daemon" "$(ingest sqlite "$address")"
+mkdir -p "$WORK/sqlite"
+start_daemon sqlite "REBILLY_WEBHOOKD__STORAGE__PATH=$WORK/sqlite/webhookd.db" \
+  "REBILLY_WEBHOOKD__STORAGE__SYNCHRONOUS=full"
+figures=$(ingest sqlite "$ADDRESS")
+check_run "SQLite, 1 daemon" "$figures"
+record "SQLite, 1 daemon" "$figures"
 stop_daemons
 
 if [[ -n ${BENCH_POSTGRES_URL:-} ]]; then
   URL=$BENCH_POSTGRES_URL
 else
   log "starting a throwaway PostgreSQL"
-  URL=$(start_cluster)
+  start_cluster
 fi
 PG_ENV=("REBILLY_WEBHOOKD__STORAGE__BACKEND=postgres" "REBILLY_WEBHOOKD__STORAGE__URL=$URL")
 
 log "PostgreSQL, one daemon"
-address=$(start_daemon pg-one "${PG_ENV[@]}")
-record "PostgreSQL, 1 daemon" "$(ingest pg-one "$address")"
+start_daemon pg-one "${PG_ENV[@]}"
+figures=$(ingest pg-one "$ADDRESS")
+check_run "PostgreSQL, 1 daemon" "$figures"
+record "PostgreSQL, 1 daemon" "$figures"
 stop_daemons
 
 log "PostgreSQL, two daemons on the same database"
-first=$(start_daemon pg-two-a "${PG_ENV[@]}")
-second=$(start_daemon pg-two-b "${PG_ENV[@]}")
-record "PostgreSQL, 2 daemons" "$(ingest pg-two "$first" "$second")"
+start_daemon pg-two-a "${PG_ENV[@]}"
+first=$ADDRESS
+start_daemon pg-two-b "${PG_ENV[@]}"
+figures=$(ingest pg-two "$first" "$ADDRESS")
+check_run "PostgreSQL, 2 daemons" "$figures"
+record "PostgreSQL, 2 daemons" "$figures"
 stop_daemons
 
 # ---------------------------------------------------------------- summary

@@ -79,7 +79,12 @@ pub async fn available() -> bool {
 
 /// Handles the absence of PostgreSQL: fails under CI, otherwise says so loudly.
 pub fn no_postgres<T>(reason: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    absent(reason, std::env::var("CI").is_ok_and(|v| v == "true"))
+}
+
+/// [`no_postgres`] with the CI flag given.
+pub fn absent<T>(reason: &str, ci: bool) -> Option<T> {
+    if ci {
         panic!(
             "this test needs PostgreSQL and CI=true: {reason}. Install PostgreSQL's server \
              (apt-get install postgresql) or set {URL_VARIABLE}"

@@ -1,6 +1,6 @@
 //! The throwaway PostgreSQL the backend matrix runs on: each test gets its own empty database.
 
-use crate::common::postgres::{fresh_database, with_database};
+use crate::common::postgres::{absent, fresh_database, with_database};
 
 #[tokio::test]
 async fn each_test_gets_its_own_empty_database() {
@@ -38,4 +38,15 @@ fn a_database_name_replaces_the_one_in_the_url_and_keeps_its_parameters() {
         with_database("postgresql://u@localhost", "t2"),
         "postgresql://u@localhost/t2"
     );
+}
+
+#[test]
+#[should_panic(expected = "needs PostgreSQL and CI=true")]
+fn without_postgresql_a_test_fails_under_ci() {
+    absent::<()>("no server binaries", true);
+}
+
+#[test]
+fn without_postgresql_a_test_outside_ci_is_skipped_loudly() {
+    assert_eq!(absent::<String>("no server binaries", false), None);
 }

@@ -16,39 +16,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 
-/// A fresh, empty database on the server `REBILLY_WEBHOOKD_TEST_POSTGRES_URL` names, or `None`
-/// when it is unset (which fails the test under `CI=true`).
+/// A fresh, empty database on the test PostgreSQL, or `None` when there is none (which fails
+/// the test under `CI=true`).
 async fn database_url() -> Option<String> {
-    let Ok(server) = std::env::var("REBILLY_WEBHOOKD_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: REBILLY_WEBHOOKD_TEST_POSTGRES_URL must name a PostgreSQL server"
-        );
-        return None;
-    };
-    let name = format!("pg_store_{}_{:016x}", std::process::id(), fastrand::u64(..));
-    connect(&server)
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    Some(with_database(&server, &name))
-}
-
-/// The URL of database `name` on the server `url` names.
-fn with_database(url: &str, name: &str) -> String {
-    let config = tokio_postgres::Config::from_str(url).unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        other => panic!("a TCP host is needed: {other:?}"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres");
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    format!("postgres://{user}{password}@{host}:{port}/{name}")
+    crate::common::postgres::fresh_database().await
 }
 
 /// Skips the test when PostgreSQL is not available (and fails it under CI).
@@ -142,6 +113,61 @@ fn sqlite_customers(local: &Local) -> Vec<CustomerRow> {
                 r.get(5)?,
                 r.get(6)?,
             ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The log's tables as text, in the columns both backends share.
+const LOG_TABLES: [&str; 3] = [
+    "SELECT id, event_type, customer_id, revision, status, error, error_field, duplicate_of, \
+     body_size, body IS NULL, projected_revision, source FROM events ORDER BY id",
+    "SELECT event_id, customer_id FROM event_customers ORDER BY event_id, customer_id",
+    "SELECT key, event_id FROM dedupe_keys ORDER BY event_id, key",
+];
+
+/// Every value as the same text whichever database it came from.
+fn text_of_postgres(row: &tokio_postgres::Row, i: usize) -> String {
+    use tokio_postgres::types::Type;
+    let column = &row.columns()[i];
+    match *column.type_() {
+        Type::INT8 => format!("{:?}", row.get::<_, Option<i64>>(i)),
+        Type::BOOL => format!("{:?}", row.get::<_, Option<bool>>(i).map(i64::from)),
+        Type::BYTEA => format!("{:?}", row.get::<_, Option<Vec<u8>>>(i)),
+        _ => format!("{:?}", row.get::<_, Option<String>>(i)),
+    }
+}
+
+async fn postgres_rows(url: &str, sql: &str) -> Vec<Vec<String>> {
+    connect(url)
+        .await
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (0..row.len()).map(|i| text_of_postgres(row, i)).collect())
+        .collect()
+}
+
+fn sqlite_rows(local: &Local, sql: &str) -> Vec<Vec<String>> {
+    use rusqlite::types::Value;
+    let conn = rusqlite::Connection::open(local._dir.path().join("local.db")).unwrap();
+    let mut statement = conn.prepare(sql).unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map([], |row| {
+            (0..columns)
+                .map(|i| {
+                    Ok(match row.get::<_, Value>(i)? {
+                        Value::Null => "None".to_owned(),
+                        Value::Integer(n) => format!("{:?}", Some(n)),
+                        Value::Text(t) => format!("{:?}", Some(t)),
+                        Value::Blob(b) => format!("{:?}", Some(b)),
+                        Value::Real(r) => format!("{:?}", Some(r)),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
         })
         .unwrap()
         .collect::<Result<_, _>>()
@@ -263,6 +289,13 @@ async fn statuses_and_projection_equal_sqlites_for_the_same_history() {
             "the history covers every status: {statuses:?}"
         );
         assert_eq!(postgres_customers(&url).await, sqlite_customers(&sqlite));
+        for sql in LOG_TABLES {
+            assert_eq!(
+                postgres_rows(&url, sql).await,
+                sqlite_rows(&sqlite, sql),
+                "seed {seed}: {sql}"
+            );
+        }
         sqlite.store.close().await;
         postgres.store.close().await;
     }
@@ -542,15 +575,13 @@ async fn losing_the_database_answers_transient_errors_and_recovers_by_itself() {
         .next()
         .unwrap();
     let relay = Relay::start(upstream).await;
-    let relayed = with_database(
-        &url.replacen(
+    let relayed = url
+        .replacen(
             &format!(":{}/", upstream.port()),
             &format!(":{}/", relay.port),
             1,
         )
-        .replacen(&host, "127.0.0.1", 1),
-        config.get_dbname().unwrap(),
-    );
+        .replacen(&host, "127.0.0.1", 1);
     assert!(relayed.contains(&format!(":{}/", relay.port)), "{relayed}");
     let postgres = open_postgres(&relayed);
     let pipeline = Pipeline::new(postgres.store.clone());

@@ -299,6 +299,10 @@ struct Recorder {
     in_flight: Mutex<HashMap<String, usize>>,
     overlaps: AtomicUsize,
     requests: AtomicUsize,
+    /// While set, requests get no answer: the sender stays mid-attempt.
+    hold: AtomicBool,
+    /// Requests that were held.
+    held: AtomicUsize,
 }
 
 async fn record(
@@ -325,6 +329,12 @@ async fn record(
             recorder.overlaps.fetch_add(1, Ordering::Relaxed);
         }
     }
+    if recorder.hold.load(Ordering::Relaxed) {
+        recorder.held.fetch_add(1, Ordering::Relaxed);
+        while recorder.hold.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     // Long enough for another daemon to try the same customer meanwhile, were it allowed to.
     tokio::time::sleep(Duration::from_millis(15)).await;
     *recorder
@@ -345,6 +355,35 @@ async fn record(
     StatusCode::OK
 }
 
+/// A forward handler to `hook` that retries quickly and does not give up.
+fn handler_table(hook: &str) -> String {
+    format!(
+        "[[handlers]]\nname = \"crm\"\nkind = \"forward\"\nurl = \"{hook}\"\n\
+         max_attempts = 1000\nbackoff_initial_ms = 5\nbackoff_max_ms = 50\n"
+    )
+}
+
+/// What the target accepted, by customer, in the order it accepted it.
+fn received(recorder: &Recorder) -> BTreeMap<String, Vec<i64>> {
+    let mut by_customer: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (customer, revision, _) in recorder.accepted.lock().unwrap().iter() {
+        by_customer
+            .entry(customer.clone())
+            .or_default()
+            .push(*revision);
+    }
+    by_customer
+}
+
+/// Whether the target accepted every revision `expected` lists.
+fn received_all(recorder: &Recorder, expected: &BTreeMap<String, Vec<i64>>) -> bool {
+    let got = received(recorder);
+    expected.iter().all(|(id, revisions)| {
+        let seen: HashSet<&i64> = got.get(id).map(|r| r.iter().collect()).unwrap_or_default();
+        revisions.iter().all(|r| seen.contains(r))
+    })
+}
+
 async fn start_recorder() -> (Arc<Recorder>, String) {
     let recorder = Arc::new(Recorder::default());
     let app = Router::new()
@@ -362,10 +401,7 @@ async fn handlers_on_two_daemons_deliver_every_event_in_order_per_customer() {
         return;
     };
     let (recorder, hook) = start_recorder().await;
-    let handler = format!(
-        "[[handlers]]\nname = \"crm\"\nkind = \"forward\"\nurl = \"{hook}\"\n\
-         max_attempts = 1000\nbackoff_initial_ms = 5\nbackoff_max_ms = 50\n"
-    );
+    let handler = handler_table(&hook);
     let cluster = Arc::new(Cluster::start(&url, 2, &handler).await);
 
     // Each customer's revisions in order, alternating daemons; customers interleaved.
@@ -390,22 +426,8 @@ async fn handlers_on_two_daemons_deliver_every_event_in_order_per_customer() {
         task.await.unwrap();
     }
 
-    let received = |recorder: &Recorder| -> BTreeMap<String, Vec<i64>> {
-        let mut by_customer: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for (customer, revision, _) in recorder.accepted.lock().unwrap().iter() {
-            by_customer
-                .entry(customer.clone())
-                .or_default()
-                .push(*revision);
-        }
-        by_customer
-    };
     eventually_within(SETTLE, "every event reaches the target", || async {
-        let got = received(&recorder);
-        expected.iter().all(|(id, revisions)| {
-            let seen: HashSet<&i64> = got.get(id).map(|r| r.iter().collect()).unwrap_or_default();
-            revisions.iter().all(|r| seen.contains(r))
-        })
+        received_all(&recorder, &expected)
     })
     .await;
     // In revision order per customer. At least once: a repeat is allowed only right after the
@@ -416,6 +438,52 @@ async fn handlers_on_two_daemons_deliver_every_event_in_order_per_customer() {
         0,
         "two daemons worked on one customer's events at the same time"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_attempt_does_not_strand_its_events() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let (recorder, hook) = start_recorder().await;
+    recorder.hold.store(true, Ordering::Relaxed);
+    let handler = handler_table(&hook);
+    let first = Cluster::start(&url, 1, &handler).await;
+    let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for revision in 1..=4i64 {
+        for c in 0..3 {
+            let id = format!("cus_strand_{c}");
+            let body = customer_event("customer-updated", &id, revision, json!({}));
+            let response = first.deliver_to(0, body).await.unwrap();
+            assert_eq!(response.status(), 200);
+            expected.entry(id).or_default().push(revision);
+        }
+    }
+    eventually_within(SETTLE, "the first daemon is mid-attempt", || async {
+        recorder.held.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+
+    let second = Cluster::start(&url, 1, &handler).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &first.daemons[0].pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    recorder.hold.store(false, Ordering::Relaxed);
+
+    // The survivor takes the handler over once the dead daemon's lease runs out.
+    eventually_within(SETTLE, "every event reaches the target", || async {
+        received_all(&recorder, &expected)
+    })
+    .await;
+    // At least once, in order: an event may come again only right after itself.
+    let mut got = received(&recorder);
+    for revisions in got.values_mut() {
+        revisions.dedup();
+    }
+    assert_eq!(got, expected, "what the target accepted");
+    drop(second);
 }
 
 // ---------------------------------------------------------------------------------------------

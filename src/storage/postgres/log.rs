@@ -24,6 +24,8 @@ pub struct EventRow<'a> {
     pub projected_revision: Option<i64>,
     pub body: Option<&'a [u8]>,
     pub source: &'static str,
+    /// Every customer the event touches, recorded when it was applied.
+    pub customers: Vec<&'a str>,
 }
 
 impl<'a> EventRow<'a> {
@@ -42,15 +44,22 @@ impl<'a> EventRow<'a> {
             projected_revision: None,
             body,
             source: WEBHOOK_SOURCE,
+            customers: Vec::new(),
         }
     }
 }
 
-/// Inserts the rows of a batch with one statement: one round trip however many there are.
+/// Inserts the rows of a batch, and the customers each touches, with two statements sent
+/// together: one round trip however many rows there are.
 pub async fn insert(tx: &Transaction<'_>, rows: &[&EventRow<'_>]) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
+    tokio::try_join!(insert_events(tx, rows), record_customers(tx, rows))?;
+    Ok(())
+}
+
+async fn insert_events(tx: &Transaction<'_>, rows: &[&EventRow<'_>]) -> Result<(), Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let received: Vec<i64> = rows.iter().map(|r| r.received_ms).collect();
     let types: Vec<Option<&str>> = rows.iter().map(|r| r.event_type).collect();
@@ -89,42 +98,85 @@ pub async fn insert(tx: &Transaction<'_>, rows: &[&EventRow<'_>]) -> Result<(), 
     Ok(())
 }
 
-/// Claims a dedupe key for `event_id`; returns the event that already owns it, if any. The
-/// unique key decides: a concurrent claim of the same key waits for this transaction.
-pub async fn claim_key(
-    tx: &Transaction<'_>,
-    key: &[u8],
-    event_id: i64,
-) -> Result<Option<i64>, Error> {
-    let claim = tx
-        .prepare_cached(
-            "INSERT INTO dedupe_keys (key, event_id) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING RETURNING event_id",
-        )
-        .await?;
-    if tx.query_opt(&claim, &[&key, &event_id]).await?.is_some() {
-        return Ok(None);
-    }
-    let owner = tx
-        .prepare_cached("SELECT event_id FROM dedupe_keys WHERE key = $1")
-        .await?;
-    Ok(tx.query_opt(&owner, &[&key]).await?.map(|row| row.get(0)))
+/// Which dedupe key an event found taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The same bytes: the owner holds the body.
+    Body(i64),
+    /// The same type, customer and revision in other bytes.
+    Semantic(i64),
 }
 
-/// Records every customer an applied event touches.
-pub async fn record_customers(
+/// Claims the body's dedupe key for `event_id` and, unless the body is a duplicate, the
+/// semantic key; returns the key found taken and its owner, if any. The unique keys decide:
+/// a concurrent claim of the same key waits for this transaction.
+pub async fn claim_keys(
     tx: &Transaction<'_>,
+    body: &[u8],
+    semantic: Option<&[u8]>,
     event_id: i64,
-    customers: &[&str],
-) -> Result<(), Error> {
+) -> Result<Option<Taken>, Error> {
+    // The owners are read in the statement's snapshot, which does not see its own inserts: a
+    // key the statement claimed has no owner there, a key found taken has its owner.
+    let claim = tx
+        .prepare_cached(
+            "WITH body AS (
+                 INSERT INTO dedupe_keys (key, event_id) VALUES ($1, $3)
+                 ON CONFLICT DO NOTHING RETURNING 1
+             ), semantic AS (
+                 INSERT INTO dedupe_keys (key, event_id)
+                 SELECT $2, $3 WHERE $2::BYTEA IS NOT NULL AND EXISTS (SELECT 1 FROM body)
+                 ON CONFLICT DO NOTHING RETURNING 1
+             )
+             SELECT EXISTS (SELECT 1 FROM body),
+                    (SELECT event_id FROM dedupe_keys WHERE key = $1),
+                    EXISTS (SELECT 1 FROM semantic),
+                    (SELECT event_id FROM dedupe_keys WHERE key = $2)",
+        )
+        .await?;
+    let row = tx.query_one(&claim, &[&body, &semantic, &event_id]).await?;
+    let (body_claimed, semantic_claimed): (bool, bool) = (row.get(0), row.get(2));
+    let (key, owner, taken) = if !body_claimed {
+        (
+            body,
+            row.get::<_, Option<i64>>(1),
+            Taken::Body as fn(i64) -> Taken,
+        )
+    } else if let Some(semantic) = semantic.filter(|_| !semantic_claimed) {
+        (semantic, row.get(3), Taken::Semantic as fn(i64) -> Taken)
+    } else {
+        return Ok(None);
+    };
+    let owner = match owner {
+        Some(owner) => owner,
+        // Taken by a transaction that committed after the statement's snapshot was taken.
+        None => {
+            let owner = tx
+                .prepare_cached("SELECT event_id FROM dedupe_keys WHERE key = $1")
+                .await?;
+            tx.query_one(&owner, &[&key]).await?.get(0)
+        }
+    };
+    Ok(Some(taken(owner)))
+}
+
+/// Records every customer each applied event touches.
+async fn record_customers(tx: &Transaction<'_>, rows: &[&EventRow<'_>]) -> Result<(), Error> {
+    let (events, customers): (Vec<i64>, Vec<&str>) = rows
+        .iter()
+        .flat_map(|row| row.customers.iter().map(|customer| (row.id, *customer)))
+        .unzip();
+    if events.is_empty() {
+        return Ok(());
+    }
     let statement = tx
         .prepare_cached(
             "INSERT INTO event_customers (event_id, customer_id)
-             SELECT $1, customer FROM UNNEST($2::TEXT[]) AS customer
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[])
              ON CONFLICT DO NOTHING",
         )
         .await?;
-    tx.execute(&statement, &[&event_id, &customers]).await?;
+    tx.execute(&statement, &[&events, &customers]).await?;
     Ok(())
 }
 

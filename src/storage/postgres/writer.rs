@@ -13,7 +13,7 @@
 //! failures) run the batch again; a lost or refused connection fails the batch (every request
 //! is told to retry), and the next batch takes a fresh connection: the writer never stops.
 
-use super::log::{self, EventRow};
+use super::log::{self, EventRow, Taken};
 use super::projection;
 use crate::event::{Event, ParseError};
 use crate::handlers::projection::{Effect, Encoded};
@@ -176,9 +176,18 @@ pub fn advance(committed: &watch::Sender<i64>, last_id: i64) {
 /// The id is read only once the lock is held (a statement of its own), so that it counts
 /// every event committed before.
 pub async fn lock_log(tx: &Transaction<'_>) -> Result<i64, tokio_postgres::Error> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])
+    // Prepared, each is sent whole when first polled, in this order, so both go in one round
+    // trip; the server still runs them one after the other, and the second takes its snapshot
+    // once the first holds the lock.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await?;
-    Ok(log::last_id(tx.client()).await? + 1)
+    let newest = tx
+        .prepare_cached("SELECT COALESCE(MAX(id), 0)::BIGINT FROM events")
+        .await?;
+    let (_, newest) =
+        tokio::try_join!(tx.execute(&lock, &[&LOG_LOCK]), tx.query_one(&newest, &[]))?;
+    Ok(newest.get::<_, i64>(0) + 1)
 }
 
 /// Tells the other daemons (their handlers) that events up to `last_id` are committed, when
@@ -242,10 +251,9 @@ async fn record_batch(
         }
     }
     let pending: Vec<&EventRow<'_>> = rows.iter().collect();
-    log::insert(tx, &pending).await?;
     let last_id = next_id - 1;
     if last_id >= first_id {
-        notify(tx, last_id).await?;
+        tokio::try_join!(log::insert(tx, &pending), notify(tx, last_id))?;
     }
     // An empty batch keeps the watch where it is.
     Ok((answers, last_id.max(first_id - 1)))
@@ -267,10 +275,17 @@ pub async fn classified_row<'a>(
             row.revision = event.revision().map(|r| r.get());
             classify(tx, &mut row, &delivery.keys, event, &delivery.prepared).await?;
             if row.status == Status::Applied {
-                log::record_customers(tx, id, &touched(event)).await?;
-                if let Some(customer) = row.customer_id {
-                    row.projected_revision = log::projected_revision(tx, customer).await?;
-                }
+                row.customers = touched(event);
+                row.projected_revision = match event {
+                    // The snapshot just written is the one projected.
+                    Event::CustomerCreated(_)
+                    | Event::CustomerUpdated(_)
+                    | Event::CustomerSynced(_) => row.revision,
+                    _ => match row.customer_id {
+                        Some(customer) => log::projected_revision(tx, customer).await?,
+                        None => None,
+                    },
+                };
             }
         }
     }
@@ -291,19 +306,21 @@ pub async fn classify(
     event: &Event,
     prepared: &Encoded,
 ) -> Result<(), tokio_postgres::Error> {
-    if let Some(original) = log::claim_key(tx, &keys.body, row.id).await? {
-        row.status = Status::Duplicate;
-        row.duplicate_of = Some(original);
-        // The original holds these very bytes; keeping them twice would only cost space.
-        row.body = None;
-        return Ok(());
-    }
-    if let Some(key) = &keys.semantic
-        && let Some(original) = log::claim_key(tx, key, row.id).await?
-    {
-        row.status = Status::Duplicate;
-        row.duplicate_of = Some(original);
-        return Ok(());
+    let semantic = keys.semantic.as_ref().map(<[u8; 32]>::as_slice);
+    match log::claim_keys(tx, &keys.body, semantic, row.id).await? {
+        Some(Taken::Body(original)) => {
+            row.status = Status::Duplicate;
+            row.duplicate_of = Some(original);
+            // The original holds these very bytes; keeping them twice would only cost space.
+            row.body = None;
+            return Ok(());
+        }
+        Some(Taken::Semantic(original)) => {
+            row.status = Status::Duplicate;
+            row.duplicate_of = Some(original);
+            return Ok(());
+        }
+        None => {}
     }
     row.status = match projection::apply(tx, row.id, event, prepared).await? {
         Effect::Applied => Status::Applied,
