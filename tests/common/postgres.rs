@@ -121,6 +121,8 @@ pub struct LocalServer {
     bin: PathBuf,
     folder: PathBuf,
     port: u16,
+    /// The superuser's password when connections over TCP must give one.
+    password: Option<String>,
 }
 
 impl LocalServer {
@@ -128,12 +130,19 @@ impl LocalServer {
     /// process exits. Used directly by tests that stop and restart their server; everything
     /// else shares one through [`fresh_database_url`].
     pub fn start() -> Result<LocalServer, String> {
+        LocalServer::start_with(None)
+    }
+
+    /// [`LocalServer::start`], where connections over TCP must give a password
+    /// (`scram-sha-256`), the superuser's being `password`.
+    pub fn start_with(password: Option<&str>) -> Result<LocalServer, String> {
         let bin = server_binaries()?;
         let folder = new_folder()?;
         let server = LocalServer {
             bin,
             folder,
             port: 0,
+            password: password.map(str::to_owned),
         };
         server.watch_over_test_process()?;
         server.init()?;
@@ -149,9 +158,26 @@ impl LocalServer {
         }
     }
 
+    /// A private cluster that asks for passwords, or `None` as [`LocalServer::private`].
+    pub fn private_with_password(password: &str) -> Option<LocalServer> {
+        match LocalServer::start_with(Some(password)) {
+            Ok(server) => Some(server),
+            Err(reason) => no_postgres(&reason),
+        }
+    }
+
     /// The URL of the `postgres` maintenance database, as the superuser.
     pub fn admin_url(&self) -> String {
-        format!("postgres://{SERVICE_USER}@127.0.0.1:{}/postgres", self.port)
+        let credentials = match &self.password {
+            Some(password) => format!("{SERVICE_USER}:{password}"),
+            None => SERVICE_USER.to_owned(),
+        };
+        format!("postgres://{credentials}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port the server listens on, on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A new empty database on this cluster, as a URL.
@@ -181,18 +207,32 @@ impl LocalServer {
     fn init(&self) -> Result<(), String> {
         let initdb = self.bin.join("initdb");
         let data = self.data();
-        let args = [
+        let password_file = self.folder.join("superuser-password");
+        let mut args = vec![
             "-D",
             path_str(&data),
             "-U",
             SERVICE_USER,
-            "-A",
-            "trust",
             "-E",
             "UTF8",
             "--locale=C",
             "--no-sync",
         ];
+        let pwfile_argument;
+        match &self.password {
+            None => args.extend(["-A", "trust"]),
+            Some(password) => {
+                std::fs::write(&password_file, password)
+                    .map_err(|e| format!("writing the password file: {e}"))?;
+                give_to_service_user(&password_file)?;
+                pwfile_argument = format!("--pwfile={}", path_str(&password_file));
+                args.extend([
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    &pwfile_argument,
+                ]);
+            }
+        }
         run_as_service(&initdb, &args).map_err(|e| format!("initdb failed: {e}"))
     }
 
@@ -315,20 +355,28 @@ fn new_folder() -> Result<PathBuf, String> {
     let folder = std::env::temp_dir().join(format!("pgtests-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&folder);
     std::fs::create_dir_all(&folder).map_err(|e| format!("creating {}: {e}", folder.display()))?;
-    if running_as_root() {
-        let status = Command::new("chown")
-            .arg(format!("{SERVICE_USER}:"))
-            .arg(&folder)
-            .status()
-            .map_err(|e| format!("chown: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "could not give {} to user {SERVICE_USER}",
-                folder.display()
-            ));
-        }
-    }
+    give_to_service_user(&folder)?;
     Ok(folder)
+}
+
+/// Hands `path` to the service user when the tests run as root.
+fn give_to_service_user(path: &Path) -> Result<(), String> {
+    if !running_as_root() {
+        return Ok(());
+    }
+    let status = Command::new("chown")
+        .arg(format!("{SERVICE_USER}:"))
+        .arg(path)
+        .status()
+        .map_err(|e| format!("chown: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not give {} to user {SERVICE_USER}",
+            path.display()
+        ))
+    }
 }
 
 fn running_as_root() -> bool {
