@@ -102,7 +102,9 @@ fn shared() -> &'static Shared {
         if let Ok(url) = std::env::var(URL_VARIABLE)
             && !url.trim().is_empty()
         {
-            return Shared::External(url.trim().to_owned());
+            let url = url.trim().to_owned();
+            drop_stale_databases(&url);
+            return Shared::External(url);
         }
         match LocalServer::start() {
             Ok(server) => Shared::Local(server),
@@ -492,6 +494,54 @@ pub fn with_database(url: &str, database: &str) -> String {
         out.push_str(query);
     }
     out
+}
+
+/// Drops the databases earlier test processes of this machine left on a server they did not
+/// own (`webhookd_test_<pid>_<n>` whose process is gone). Best effort: a database still in use
+/// elsewhere is left alone, as PostgreSQL refuses to drop it.
+fn drop_stale_databases(admin_url: &str) {
+    let admin_url = admin_url.to_owned();
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async move {
+            let (client, connection) = connect_with_retry(&admin_url).await.ok()?;
+            let driver = tokio::spawn(connection);
+            let rows = client
+                .query(
+                    "SELECT datname::TEXT FROM pg_database WHERE datname LIKE 'webhookd\\_test\\_%'",
+                    &[],
+                )
+                .await
+                .ok()?;
+            for row in rows {
+                let name: String = row.get(0);
+                if is_stale(&name) {
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                        .await;
+                }
+            }
+            drop(client);
+            let _ = driver.await;
+            Some(())
+        })
+    })
+    .join();
+}
+
+/// Whether a test database's process, named in it, is gone from this machine.
+fn is_stale(name: &str) -> bool {
+    let pid = name
+        .strip_prefix("webhookd_test_")
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|pid| pid.parse::<u32>().ok());
+    match pid {
+        Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
 }
 
 /// `CREATE DATABASE name` on the server of `admin_url`, from a thread with its own runtime so
