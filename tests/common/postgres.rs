@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL for the test process.
 //!
 //! `REBILLY_WEBHOOKD_TEST_POSTGRES_URL` names a server to use when set. Otherwise the harness
-//! looks for `initdb` and `pg_ctl` under `/usr/lib/postgresql/*/bin`, creates a cluster in a
+//! looks for `initdb` and `pg_ctl` under `/usr/lib/postgresql/*/bin` (or in `PATH`), creates a cluster in a
 //! folder under the temporary directory on a free port (as user `postgres` when the tests run
 //! as root, since PostgreSQL refuses to run as root), and starts it once per test process. A
 //! small watchdog shell stops it and removes the folder once the test process is gone, however
@@ -365,24 +365,35 @@ fn service_command_line(pg_ctl: &Path, data: &Path) -> String {
     }
 }
 
-/// The newest `/usr/lib/postgresql/<version>/bin` holding both `initdb` and `pg_ctl`.
+/// The newest `/usr/lib/postgresql/<version>/bin` holding both `initdb` and `pg_ctl` (Debian's
+/// layout), else the first folder of `PATH` that holds both.
 fn server_binaries() -> Result<PathBuf, String> {
-    let root = Path::new("/usr/lib/postgresql");
-    let entries = std::fs::read_dir(root)
-        .map_err(|_| format!("no PostgreSQL server binaries under {}", root.display()))?;
-    let mut versions: Vec<(u32, PathBuf)> = entries
+    debian_server_binaries()
+        .or_else(path_server_binaries)
+        .ok_or_else(|| "no initdb/pg_ctl under /usr/lib/postgresql/*/bin nor in PATH".to_owned())
+}
+
+fn holds_server_binaries(bin: &Path) -> bool {
+    bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()
+}
+
+fn debian_server_binaries() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let bin = entry.path().join("bin");
-            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+            holds_server_binaries(&bin).then_some((version, bin))
         })
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .ok_or_else(|| format!("no initdb/pg_ctl under {}/*/bin", root.display()))
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn path_server_binaries() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).find(|bin| holds_server_binaries(bin))
 }
 
 /// An empty folder under the temporary directory that the service user owns.
