@@ -138,6 +138,9 @@ pub struct StorageSettings {
     /// Longest wait for a PostgreSQL connection (connecting included), in seconds, before a
     /// request is answered 503.
     pub connect_timeout_seconds: u64,
+    /// PEM file of the authorities that sign the PostgreSQL server's certificate (a managed
+    /// database's own CA), trusted instead of the Mozilla roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// `full` syncs every commit to disk; `normal` may lose the last commits on power loss.
     pub synchronous: Synchronous,
     /// Deliveries waiting for the writer before new ones are answered 503.

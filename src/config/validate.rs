@@ -77,6 +77,10 @@ impl Settings {
         {
             return Err(invalid("storage.password", "must not be empty when set"));
         }
+        if let Some(file) = &storage.tls_ca_file {
+            crate::storage::postgres::authorities(file)
+                .map_err(|reason| invalid("storage.tls_ca_file", reason))?;
+        }
         match &storage.url {
             None if storage.backend == StorageBackend::Postgres => Err(invalid(
                 "storage.url",

@@ -17,8 +17,9 @@ pub enum StorageError {
     /// the batch as its message and its classification.
     #[error("the batch could not be committed: {message}")]
     PostgresBatch { transient: bool, message: String },
-    /// The PostgreSQL connection settings cannot be used (the URL itself is never shown).
-    #[error("storage.url: {0}")]
+    /// The PostgreSQL connection settings cannot be used; the message names the key (and
+    /// never shows the URL).
+    #[error("{0}")]
     Settings(String),
     #[error("database migration failed: {0}")]
     Migration(#[from] rusqlite_migration::Error),

@@ -222,6 +222,15 @@ fn history(seed: u64) -> Vec<Vec<u8>> {
     bodies.push(merge_event("cus_target", Some(2), "cus_gone", 1));
     bodies.push(customer_event("customer-created", "cus_gone", 5, json!({})));
     bodies.push(br#"{"eventType":"invoice-paid","invoiceId":"in_1"}"#.to_vec());
+    // NUL characters, which PostgreSQL's text cannot hold, in copied and kept fields alike.
+    bodies.push(customer_event(
+        "customer-created",
+        "cus_nul",
+        1,
+        json!({"lastName": "Nul\u{0}Byte", "email": "a\u{0}@example.com",
+               "customFields": {"note": "\u{0}"}}),
+    ));
+    bodies.push(br#"{"eventType":"customer-updated","customerId":"cus_nul","_embedded":{"customer":{"id":"cus_nul","revision":"2\u0000"}}}"#.to_vec());
     bodies.push(br#"{"eventType":"customer-updated","customerId":"not valid!"}"#.to_vec());
     bodies.push(b"[1, 2, 3]".to_vec());
     rng.shuffle(&mut bodies);
@@ -632,4 +641,59 @@ async fn losing_the_database_answers_transient_errors_and_recovers_by_itself() {
     assert_eq!(stored, acknowledged, "exactly the acknowledged deliveries");
     postgres.store.close().await;
     relay.cut();
+}
+
+#[tokio::test]
+async fn a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
+    let url = database_or_skip!();
+    let postgres = open_postgres(&url);
+    postgres.store.probe_write().await.unwrap();
+    // A defect of one delivery's own (a constraint of the operator's, here), never transient.
+    connect(&url)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.id = 'cus_poison' THEN RAISE EXCEPTION 'poisoned customer'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON customers
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = ["cus_a", "cus_b", "cus_poison", "cus_c", "cus_d"]
+        .iter()
+        .map(|id| customer_event("customer-created", id, 1, json!({})))
+        .collect();
+    let pipeline = Pipeline::new(postgres.store.clone());
+    let mut pending = Vec::new();
+    for body in &bodies {
+        pending.push(pipeline.enqueue(authenticated(body)).await.unwrap());
+    }
+    let mut answers = Vec::new();
+    for answer in pending {
+        answers.push(answer.await);
+    }
+    let Err(error) = &answers[2] else {
+        panic!("the poisoned delivery fails");
+    };
+    assert!(!error.is_transient(), "{error}");
+    let stored: Vec<(i64, Status)> = answers
+        .iter()
+        .filter_map(|answer| answer.as_ref().ok())
+        .map(|receipt| (receipt.event_id, receipt.status))
+        .collect();
+    assert_eq!(
+        stored,
+        (1..=4).map(|id| (id, Status::Applied)).collect::<Vec<_>>(),
+        "the others are committed, numbered without a gap"
+    );
+    let ids: Vec<String> = postgres_customers(&url)
+        .await
+        .into_iter()
+        .map(|row| row.0)
+        .collect();
+    assert_eq!(ids, ["cus_a", "cus_b", "cus_c", "cus_d"]);
+    postgres.store.close().await;
 }

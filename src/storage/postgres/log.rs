@@ -3,7 +3,24 @@
 
 use crate::storage::Status;
 use deadpool_postgres::Transaction;
+use std::borrow::Cow;
 use tokio_postgres::Error;
+
+/// Text as PostgreSQL can hold it: its `text` has no NUL character, which JSON strings (and
+/// so the fields copied from a snapshot, or a message quoting them) may carry. Each becomes
+/// U+FFFD; the raw body and the snapshot's JSON keep it escaped.
+pub fn text(value: &str) -> Cow<'_, str> {
+    if value.contains('\0') {
+        Cow::Owned(value.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+/// [`text`] of an optional value.
+pub fn optional_text(value: Option<&str>) -> Option<Cow<'_, str>> {
+    value.map(text)
+}
 
 /// The `source` of events fetched by `sync`; every other event is a webhook delivery.
 pub const SYNC_SOURCE: &str = "sync";
@@ -66,8 +83,14 @@ async fn insert_events(tx: &Transaction<'_>, rows: &[&EventRow<'_>]) -> Result<(
     let customers: Vec<Option<&str>> = rows.iter().map(|r| r.customer_id).collect();
     let revisions: Vec<Option<i64>> = rows.iter().map(|r| r.revision).collect();
     let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
-    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
-    let fields: Vec<Option<&str>> = rows.iter().map(|r| r.error_field.as_deref()).collect();
+    let errors: Vec<Option<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| optional_text(r.error.as_deref()))
+        .collect();
+    let fields: Vec<Option<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| optional_text(r.error_field.as_deref()))
+        .collect();
     let originals: Vec<Option<i64>> = rows.iter().map(|r| r.duplicate_of).collect();
     let sizes: Vec<i64> = rows
         .iter()

@@ -17,7 +17,7 @@ mod retention;
 mod sync_state;
 mod writer;
 
-pub use connection::check_url;
+pub use connection::{authorities, check_url};
 pub use handler_state::LEASE_MS as HANDLER_LEASE_MS;
 
 use super::StorageError;

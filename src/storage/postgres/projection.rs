@@ -6,6 +6,7 @@
 //! and then decides against what this one committed. The rules themselves are in
 //! [`crate::handlers::projection`].
 
+use super::log::{optional_text, text};
 use crate::clock::utc_rfc3339;
 use crate::event::{Customer, CustomerMerged, Event, ExperianCheck};
 use crate::handlers::projection::{Effect, Encoded, Stored, stale_reason, updated_ms};
@@ -116,16 +117,16 @@ async fn write_snapshot(
                 &updated_ms(customer),
                 &event_id,
                 &encoded.json,
-                &fields.email,
-                &fields.first_name,
-                &fields.last_name,
-                &fields.company,
-                &fields.country,
-                &fields.city,
-                &fields.website_id,
-                &fields.created_time,
+                &optional_text(fields.email.as_deref()),
+                &optional_text(fields.first_name.as_deref()),
+                &optional_text(fields.last_name.as_deref()),
+                &optional_text(fields.company.as_deref()),
+                &optional_text(fields.country.as_deref()),
+                &optional_text(fields.city.as_deref()),
+                &optional_text(fields.website_id.as_deref()),
+                &optional_text(fields.created_time.as_deref()),
                 &customer.updated_time.map(utc_rfc3339),
-                &fields.search,
+                &text(&fields.search),
                 &fields.created_ms,
             ],
         )

@@ -424,6 +424,7 @@ mod tests {
             password: None,
             max_connections: 1,
             connect_timeout_seconds: 1,
+            tls_ca_file: None,
             synchronous: Synchronous::Normal,
             queue_capacity: 64,
             max_batch: 16,
