@@ -117,6 +117,11 @@ impl Worker {
                         _ = shutdown.changed() => {}
                     }
                 }
+                Err(StorageError::LeaseLost(_)) => {
+                    // Another daemon works the handler now; this one looks again when idle.
+                    tracing::warn!(handler = %self.name,
+                        "handler taken over by another daemon; this pass's results were dropped");
+                }
                 Err(error) => {
                     // Storage errors (a full disk) repeat every pause: one line per interval.
                     if let Some(suppressed) = PASS_FAILURES.admit() {

@@ -17,6 +17,17 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// Whether a stored value can equal `value`. PostgreSQL's text holds no NUL character: a
+    /// value with one matches nothing there (and could not even be sent).
+    pub fn can_equal(self, value: &Scalar) -> bool {
+        match (self, value) {
+            (Self::Postgres, Scalar::Text(text)) => !text.contains('\0'),
+            _ => true,
+        }
+    }
+}
+
 /// What a filter field is read from.
 #[derive(Debug, Clone)]
 pub enum Column {
@@ -99,7 +110,8 @@ impl Sql {
             Dialect::Sqlite => {
                 let path = self.placeholder(Param::Text(sqlite_json_path(path)));
                 self.push(&format!(
-                    "(CASE json_type(snapshot, {path}) WHEN 'text' THEN json_extract(snapshot, {path}) \
+                    "(CASE json_type(snapshot, {path}) \
+                     WHEN 'text' THEN json_extract(snapshot, {path}) \
                      WHEN 'null' THEN NULL WHEN 'array' THEN NULL WHEN 'object' THEN NULL \
                      ELSE snapshot -> {path} END)"
                 ));
@@ -164,8 +176,10 @@ fn write_clause<F: Field>(sql: &mut Sql, clause: &Clause<F>, column: &Column) {
     }
 }
 
-/// `column IN (...) OR (column >= ? AND column <= ?) OR ...`; true only for a non-NULL match.
+/// `column IN (...) OR (column >= ? AND column <= ?) OR ...`; true only for a non-NULL match,
+/// and `FALSE` when no term can match.
 fn any_of(sql: &mut Sql, matchers: &[&Matcher], column: &Column) {
+    let dialect = sql.dialect;
     let mut first = true;
     let mut separator = |sql: &mut Sql| {
         if !std::mem::take(&mut first) {
@@ -178,6 +192,7 @@ fn any_of(sql: &mut Sql, matchers: &[&Matcher], column: &Column) {
             Matcher::Equals(value) => Some(value),
             Matcher::Range { .. } => None,
         })
+        .filter(|value| dialect.can_equal(value))
         .collect();
     if !values.is_empty() {
         separator(sql);
@@ -211,6 +226,9 @@ fn any_of(sql: &mut Sql, matchers: &[&Matcher], column: &Column) {
             sql.bind(value(to));
         }
         sql.push(")");
+    }
+    if first {
+        sql.push("FALSE");
     }
 }
 
@@ -284,6 +302,18 @@ mod tests {
                 Param::Text("FR".into())
             ]
         );
+    }
+
+    #[test]
+    fn text_postgres_cannot_hold_matches_nothing() {
+        let sql = translate(Dialect::Postgres, "country:FR\0,DE;lastName:!\0x");
+        assert_eq!(
+            sql.text,
+            " AND ((country IN ($1))) AND ((country IS NULL OR NOT (FALSE)))"
+        );
+        assert_eq!(sql.params, vec![Param::Text("DE".into())]);
+        let sql = translate(Dialect::Sqlite, "country:FR\0");
+        assert_eq!(sql.params, vec![Param::Text("FR\0".into())]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL for the test process.
 //!
 //! `REBILLY_WEBHOOKD_TEST_POSTGRES_URL` names a server to use when set. Otherwise the harness
-//! looks for `initdb` and `pg_ctl` under `/usr/lib/postgresql/*/bin`, creates a cluster in a
+//! looks for `initdb` and `pg_ctl` under `/usr/lib/postgresql/*/bin` (or in `PATH`), creates a cluster in a
 //! folder under the temporary directory on a free port (as user `postgres` when the tests run
 //! as root, since PostgreSQL refuses to run as root), and starts it once per test process. A
 //! small watchdog shell stops it and removes the folder once the test process is gone, however
@@ -102,7 +102,9 @@ fn shared() -> &'static Shared {
         if let Ok(url) = std::env::var(URL_VARIABLE)
             && !url.trim().is_empty()
         {
-            return Shared::External(url.trim().to_owned());
+            let url = url.trim().to_owned();
+            drop_stale_databases(&url);
+            return Shared::External(url);
         }
         match LocalServer::start() {
             Ok(server) => Shared::Local(server),
@@ -121,6 +123,8 @@ pub struct LocalServer {
     bin: PathBuf,
     folder: PathBuf,
     port: u16,
+    /// The superuser's password when connections over TCP must give one.
+    password: Option<String>,
 }
 
 impl LocalServer {
@@ -128,12 +132,19 @@ impl LocalServer {
     /// process exits. Used directly by tests that stop and restart their server; everything
     /// else shares one through [`fresh_database_url`].
     pub fn start() -> Result<LocalServer, String> {
+        LocalServer::start_with(None)
+    }
+
+    /// [`LocalServer::start`], where connections over TCP must give a password
+    /// (`scram-sha-256`), the superuser's being `password`.
+    pub fn start_with(password: Option<&str>) -> Result<LocalServer, String> {
         let bin = server_binaries()?;
         let folder = new_folder()?;
         let server = LocalServer {
             bin,
             folder,
             port: 0,
+            password: password.map(str::to_owned),
         };
         server.watch_over_test_process()?;
         server.init()?;
@@ -149,9 +160,26 @@ impl LocalServer {
         }
     }
 
+    /// A private cluster that asks for passwords, or `None` as [`LocalServer::private`].
+    pub fn private_with_password(password: &str) -> Option<LocalServer> {
+        match LocalServer::start_with(Some(password)) {
+            Ok(server) => Some(server),
+            Err(reason) => no_postgres(&reason),
+        }
+    }
+
     /// The URL of the `postgres` maintenance database, as the superuser.
     pub fn admin_url(&self) -> String {
-        format!("postgres://{SERVICE_USER}@127.0.0.1:{}/postgres", self.port)
+        let credentials = match &self.password {
+            Some(password) => format!("{SERVICE_USER}:{password}"),
+            None => SERVICE_USER.to_owned(),
+        };
+        format!("postgres://{credentials}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The port the server listens on, on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A new empty database on this cluster, as a URL.
@@ -160,6 +188,41 @@ impl LocalServer {
         create_database(&self.admin_url(), &name)
             .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
         with_database(&self.admin_url(), &name)
+    }
+
+    /// Turns TLS on with a self-signed certificate for `localhost` (which no client trusts
+    /// unless told to) and restarts the server.
+    pub fn enable_tls(&self) -> Result<(), String> {
+        let data = self.data();
+        let (key, certificate) = (data.join("server.key"), data.join("server.crt"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&certificate)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if !made.status.success() {
+            return Err(format!(
+                "openssl: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            ));
+        }
+        for file in [&key, &certificate] {
+            give_to_service_user(file)?;
+        }
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| format!("chmod the key: {e}"))?;
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+        self.pg_ctl(&["stop", "-m", "fast", "-w"])?;
+        self.pg_ctl_start()
     }
 
     /// Stops the server at once, as a crash or a lost network would look to its clients.
@@ -181,18 +244,32 @@ impl LocalServer {
     fn init(&self) -> Result<(), String> {
         let initdb = self.bin.join("initdb");
         let data = self.data();
-        let args = [
+        let password_file = self.folder.join("superuser-password");
+        let mut args = vec![
             "-D",
             path_str(&data),
             "-U",
             SERVICE_USER,
-            "-A",
-            "trust",
             "-E",
             "UTF8",
             "--locale=C",
             "--no-sync",
         ];
+        let pwfile_argument;
+        match &self.password {
+            None => args.extend(["-A", "trust"]),
+            Some(password) => {
+                std::fs::write(&password_file, password)
+                    .map_err(|e| format!("writing the password file: {e}"))?;
+                give_to_service_user(&password_file)?;
+                pwfile_argument = format!("--pwfile={}", path_str(&password_file));
+                args.extend([
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    &pwfile_argument,
+                ]);
+            }
+        }
         run_as_service(&initdb, &args).map_err(|e| format!("initdb failed: {e}"))
     }
 
@@ -288,24 +365,35 @@ fn service_command_line(pg_ctl: &Path, data: &Path) -> String {
     }
 }
 
-/// The newest `/usr/lib/postgresql/<version>/bin` holding both `initdb` and `pg_ctl`.
+/// The newest `/usr/lib/postgresql/<version>/bin` holding both `initdb` and `pg_ctl` (Debian's
+/// layout), else the first folder of `PATH` that holds both.
 fn server_binaries() -> Result<PathBuf, String> {
-    let root = Path::new("/usr/lib/postgresql");
-    let entries = std::fs::read_dir(root)
-        .map_err(|_| format!("no PostgreSQL server binaries under {}", root.display()))?;
-    let mut versions: Vec<(u32, PathBuf)> = entries
+    debian_server_binaries()
+        .or_else(path_server_binaries)
+        .ok_or_else(|| "no initdb/pg_ctl under /usr/lib/postgresql/*/bin nor in PATH".to_owned())
+}
+
+fn holds_server_binaries(bin: &Path) -> bool {
+    bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()
+}
+
+fn debian_server_binaries() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let bin = entry.path().join("bin");
-            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+            holds_server_binaries(&bin).then_some((version, bin))
         })
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .ok_or_else(|| format!("no initdb/pg_ctl under {}/*/bin", root.display()))
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn path_server_binaries() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).find(|bin| holds_server_binaries(bin))
 }
 
 /// An empty folder under the temporary directory that the service user owns.
@@ -315,20 +403,28 @@ fn new_folder() -> Result<PathBuf, String> {
     let folder = std::env::temp_dir().join(format!("pgtests-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&folder);
     std::fs::create_dir_all(&folder).map_err(|e| format!("creating {}: {e}", folder.display()))?;
-    if running_as_root() {
-        let status = Command::new("chown")
-            .arg(format!("{SERVICE_USER}:"))
-            .arg(&folder)
-            .status()
-            .map_err(|e| format!("chown: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "could not give {} to user {SERVICE_USER}",
-                folder.display()
-            ));
-        }
-    }
+    give_to_service_user(&folder)?;
     Ok(folder)
+}
+
+/// Hands `path` to the service user when the tests run as root.
+fn give_to_service_user(path: &Path) -> Result<(), String> {
+    if !running_as_root() {
+        return Ok(());
+    }
+    let status = Command::new("chown")
+        .arg(format!("{SERVICE_USER}:"))
+        .arg(path)
+        .status()
+        .map_err(|e| format!("chown: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not give {} to user {SERVICE_USER}",
+            path.display()
+        ))
+    }
 }
 
 fn running_as_root() -> bool {
@@ -409,6 +505,54 @@ pub fn with_database(url: &str, database: &str) -> String {
         out.push_str(query);
     }
     out
+}
+
+/// Drops the databases earlier test processes of this machine left on a server they did not
+/// own (`webhookd_test_<pid>_<n>` whose process is gone). Best effort: a database still in use
+/// elsewhere is left alone, as PostgreSQL refuses to drop it.
+fn drop_stale_databases(admin_url: &str) {
+    let admin_url = admin_url.to_owned();
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async move {
+            let (client, connection) = connect_with_retry(&admin_url).await.ok()?;
+            let driver = tokio::spawn(connection);
+            let rows = client
+                .query(
+                    "SELECT datname::TEXT FROM pg_database WHERE datname LIKE 'webhookd\\_test\\_%'",
+                    &[],
+                )
+                .await
+                .ok()?;
+            for row in rows {
+                let name: String = row.get(0);
+                if is_stale(&name) {
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                        .await;
+                }
+            }
+            drop(client);
+            let _ = driver.await;
+            Some(())
+        })
+    })
+    .join();
+}
+
+/// Whether a test database's process, named in it, is gone from this machine.
+fn is_stale(name: &str) -> bool {
+    let pid = name
+        .strip_prefix("webhookd_test_")
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|pid| pid.parse::<u32>().ok());
+    match pid {
+        Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
 }
 
 /// `CREATE DATABASE name` on the server of `admin_url`, from a thread with its own runtime so

@@ -19,6 +19,7 @@ mod limits;
 mod older_records;
 mod openapi;
 mod operations;
+mod pg_config;
 mod pg_harness;
 mod pg_reads;
 mod pg_store;

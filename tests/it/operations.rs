@@ -527,12 +527,14 @@ async fn wait_for_listener_closed(address: std::net::SocketAddr) {
     .await;
 }
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_loses_no_acknowledged_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("data").join("webhookd.db");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, config_text("127.0.0.1:0", &db, "")).unwrap();
+    let stored_in = Database::of_config(&config);
     let mut daemon = tokio::task::spawn_blocking(move || Daemon::start(&config))
         .await
         .unwrap();
@@ -610,37 +612,34 @@ async fn sigterm_under_load_loses_no_acknowledged_delivery() {
     })
     .await;
 
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    // Each backend prints values its own way: compare the text inside.
+    let digits = |value: &str| -> String { value.chars().filter(char::is_ascii_digit).collect() };
+    let text = |sql: String| -> Vec<String> {
+        stored_in
+            .table(&sql)
+            .concat()
+            .iter()
+            .map(|value| value.chars().filter(|c| c.is_alphanumeric() || *c == '_').collect())
+            .collect()
+    };
     for (customer, id) in &acknowledged {
-        let stored: Option<(String, String)> = conn
-            .query_row(
-                "SELECT customer_id, status FROM events WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .ok();
-        assert_eq!(
-            stored,
-            Some((customer.clone(), "applied".to_owned())),
-            "acknowledged event {id}"
+        let stored = text(format!(
+            "SELECT customer_id, status FROM events WHERE id = {id}"
+        ));
+        assert!(
+            stored.len() == 2
+                && stored[0].ends_with(customer.as_str())
+                && stored[1].ends_with("applied"),
+            "acknowledged event {id} of {customer}: {stored:?}"
         );
-        let projected: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM customers WHERE id = ?1",
-                [customer],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(projected, 1, "{customer} is projected");
+        let projected = text(format!(
+            "SELECT COUNT(*) FROM customers WHERE id = '{customer}'"
+        ));
+        assert_eq!(digits(&projected[0]), "1", "{customer} is projected");
     }
-    let late: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM events WHERE customer_id LIKE 'cus_late_%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(late, 0, "nothing refused was stored");
+    let late = text("SELECT COUNT(*) FROM events WHERE customer_id LIKE 'cus_late_%'".into());
+    assert_eq!(digits(&late[0]), "0", "nothing refused was stored");
+}
 }
 
 backends! {

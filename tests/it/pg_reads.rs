@@ -3,6 +3,7 @@
 //! event log, event details and bodies), and a handler worked by one daemon at a time, handed
 //! over when its daemon stops or dies, never stranding what that daemon had in hand.
 
+use crate::common::cluster::Cluster;
 use crate::common::postgres::{fresh_database, with_database};
 use crate::common::*;
 use rebilly_webhookd::auth::AuthenticatedBody;
@@ -157,6 +158,8 @@ fn customer_queries() -> Vec<ListOptions> {
         "primaryAddress.region:QC",
         "region:!QC;country:DE",
         "id:cus_a0,cus_B1,cus_z2",
+        // A NUL character, which PostgreSQL's text cannot hold: it matches nothing.
+        "lastName:!a\u{0}b;country:FR,x\u{0}",
     ];
     let sorts = [
         None,
@@ -167,7 +170,14 @@ fn customer_queries() -> Vec<ListOptions> {
         Some("revision,-id"),
         Some("-email"),
     ];
-    let searches = [None, Some("mail3"), Some("SMI"), Some("%"), Some("_")];
+    let searches = [
+        None,
+        Some("mail3"),
+        Some("SMI"),
+        Some("%"),
+        Some("_"),
+        Some("smi\u{0}"),
+    ];
     let mut queries = Vec::new();
     for filter in filters {
         for sort in sorts {
@@ -228,7 +238,7 @@ async fn reads_answer_as_sqlite_does_for_the_same_history() {
         compared += usize::from(!want.customers.is_empty());
     }
     assert!(compared > 300, "most queries list someone: {compared}");
-    for id in ["cus_a0", "cus_B1", "cus_z2", "cus_unknown"] {
+    for id in ["cus_a0", "cus_B1", "cus_z2", "cus_unknown", "cus_a0\u{0}"] {
         let want = sqlite.store.customer(id.to_owned()).await.unwrap();
         assert_eq!(postgres.store.customer(id.to_owned()).await.unwrap(), want);
     }
@@ -240,6 +250,7 @@ async fn reads_answer_as_sqlite_does_for_the_same_history() {
         Some("revision:2..;eventType:customer-updated"),
         Some("id:..10,!3"),
         Some("receivedTime:2000-01-01T00:00:00Z.."),
+        Some("customerId:cus_a0,x\u{0}"),
     ] {
         for (limit, offset) in [("100", "0"), ("7", "5"), ("3", "900")] {
             let query = parse_event_query(&EventListOptions {
@@ -556,4 +567,81 @@ async fn a_pass_longer_than_the_lease_keeps_the_handler_to_itself() {
     }
     first.store.close().await;
     second.store.close().await;
+}
+
+/// A forward target whose first request never gets an answer (its daemon dies while it
+/// waits); it accepts every later one, recording (customer revision, event).
+#[derive(Default)]
+struct HangingTarget {
+    requests: std::sync::atomic::AtomicUsize,
+    accepted: Mutex<Vec<i64>>,
+}
+
+async fn hang_first(
+    axum::extract::State(target): axum::extract::State<Arc<HangingTarget>>,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    if target
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let revision = json["_embedded"]["customer"]["revision"].as_i64().unwrap();
+    target.accepted.lock().unwrap().push(revision);
+    axum::http::StatusCode::OK
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_attempt_strands_nothing() {
+    let url = database_or_skip!();
+    let target = Arc::new(HangingTarget::default());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hang_first))
+        .with_state(target.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let handler = format!(
+        "[[handlers]]\nname = \"crm\"\nkind = \"forward\"\nurl = \"{hook}\"\n\
+         timeout_seconds = 600\nstart = \"beginning\"\n"
+    );
+    let mut cluster = Cluster::start(&url, 2, &handler).await;
+    for revision in 1..=3 {
+        let body = customer_event("customer-updated", "cus_killed", revision, json!({}));
+        let response = cluster.deliver_to(revision as usize, body).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    eventually_within(
+        Duration::from_secs(30),
+        "the first attempt hangs",
+        || async { target.requests.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
+    // The daemon holding the handler is named by its lease: `{pid}-{random}`.
+    let owner: String = connect(&url)
+        .await
+        .query_one(
+            "SELECT lease_owner FROM handler_cursors WHERE handler = 'crm'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pid: u32 = owner.split('-').next().unwrap().parse().unwrap();
+    let holder = cluster
+        .daemons
+        .iter()
+        .position(|d| d.pid() == pid)
+        .expect("a daemon of the cluster holds the handler");
+    cluster.daemons[holder].kill();
+    eventually_within(
+        HANDLER_LEASE + Duration::from_secs(30),
+        "the other daemon delivers what the killed one had in hand",
+        || async { target.accepted.lock().unwrap().len() >= 3 },
+    )
+    .await;
+    assert_eq!(*target.accepted.lock().unwrap(), [1, 2, 3]);
 }

@@ -563,6 +563,19 @@ async fn the_database_going_away_answers_503_with_retry_after_and_recovers_witho
         unavailable.load(Ordering::Relaxed) >= 10
     })
     .await;
+    let readiness = |cluster: Arc<Cluster>| async move {
+        let mut statuses = Vec::new();
+        for daemon in &cluster.daemons {
+            let response = cluster.client.get(daemon.url("/readyz")).send().await;
+            statuses.push(response.map(|r| r.status().as_u16()).unwrap_or(0));
+        }
+        statuses
+    };
+    eventually_within(SETTLE, "no daemon says it is ready", || {
+        let cluster = cluster.clone();
+        async move { readiness(cluster).await.iter().all(|s| *s == 503) }
+    })
+    .await;
     let during_outage = acknowledged.lock().unwrap().len();
     {
         let server = server.clone();
@@ -575,6 +588,11 @@ async fn the_database_going_away_answers_503_with_retry_after_and_recovers_witho
         "deliveries flow again without a restart",
         || async { acknowledged.lock().unwrap().len() >= during_outage + 20 },
     )
+    .await;
+    eventually_within(SETTLE, "every daemon is ready again", || {
+        let cluster = cluster.clone();
+        async move { readiness(cluster).await.iter().all(|s| *s == 200) }
+    })
     .await;
     stop.store(true, Ordering::Relaxed);
     for lane in lanes {

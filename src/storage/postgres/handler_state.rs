@@ -5,10 +5,11 @@
 //!
 //! The lease is what keeps two daemons off the same customer's events: only the daemon that
 //! holds a handler's lease loads work for it, and a pass's results count only while it still
-//! holds it. The holder renews it with every pass and during long ones (an idle worker looks for
-//! work at least once a second); a daemon that stops renewing (killed, cut off from the database) loses it after
-//! [`LEASE_MS`], and the next daemon to look takes the handler over from the recorded cursor and
-//! owed events, so nothing the stopped daemon had in hand is stranded: it is delivered again.
+//! holds it. The holder renews it with every pass and during long ones (an idle worker looks
+//! for work at least once a second). A daemon that stops renewing (killed, cut off from the
+//! database) loses it after [`LEASE_MS`]; one that stops cleanly gives it up at once. The next
+//! daemon to look takes the handler over from the recorded cursor and owed events, so nothing
+//! the stopped daemon had in hand is stranded: it is delivered again.
 
 use crate::config::HandlerStart;
 use crate::handlers::DispatchedEvent;

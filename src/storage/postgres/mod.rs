@@ -382,7 +382,8 @@ impl PgStore {
         match tokio::time::timeout(Duration::from_secs(2), release).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
-                tracing::warn!(error = %error, "handler leases not released; they lapse by themselves");
+                tracing::warn!(error = %error,
+                    "handler leases not released; they lapse by themselves");
             }
             Err(_) => {
                 tracing::warn!("handler leases not released in time; they lapse by themselves")

@@ -6,7 +6,7 @@
 //! pooled connection when a request is cancelled half-way.
 
 use crate::clock::rfc3339_ms;
-use crate::query::{CustomerField, CustomerQuery, EventField, EventQuery};
+use crate::query::{CustomerField, CustomerQuery, EventField, EventQuery, Scalar};
 use crate::storage::StorageError;
 use crate::storage::customer_view::{
     VIEW_COLUMNS, column, customer_view, escape_like, keep_fields,
@@ -42,6 +42,9 @@ fn view_from_row(row: &Row) -> Result<Map<String, Value>, tokio_postgres::Error>
 }
 
 pub async fn customer(client: &Client, id: &str) -> Result<Option<Value>, StorageError> {
+    if !Dialect::Postgres.can_equal(&Scalar::Text(id.to_owned())) {
+        return Ok(None);
+    }
     let sql = format!("SELECT {VIEW_COLUMNS} FROM customers WHERE id = $1");
     let row = client.query_opt(&sql, &[&id]).await?;
     Ok(row
@@ -59,9 +62,14 @@ fn customer_condition(query: &CustomerQuery) -> Sql {
     );
     filter_sql::and_filter(&mut sql, &query.filter, column);
     if let Some(search) = &query.search {
-        sql.push(" AND search LIKE ");
-        sql.bind(Param::Text(format!("%{}%", escape_like(search))));
-        sql.push(" ESCAPE '\\'");
+        if Dialect::Postgres.can_equal(&Scalar::Text(search.clone())) {
+            sql.push(" AND search LIKE ");
+            sql.bind(Param::Text(format!("%{}%", escape_like(search))));
+            // `E''`: one backslash whatever `standard_conforming_strings` says.
+            sql.push(" ESCAPE E'\\\\'");
+        } else {
+            sql.push(" AND FALSE");
+        }
     }
     sql
 }
@@ -361,7 +369,7 @@ mod tests {
                 Param::Integer(10),
             ]
         );
-        assert_eq!(sql.text.matches("search LIKE $4 ESCAPE '\\'").count(), 2);
+        assert_eq!(sql.text.matches("search LIKE $4 ESCAPE E'\\\\'").count(), 2);
         assert!(sql.text.contains("LIMIT $5 OFFSET $6"), "{}", sql.text);
         assert!(
             sql.text.ends_with("ORDER BY page.id COLLATE \"C\" ASC"),

@@ -4,7 +4,8 @@
 -- Like the other list indexes, they cover exactly the listed customers.
 CREATE INDEX customers_listed_by_id ON customers (id COLLATE "C")
     WHERE merged_into IS NULL AND snapshot IS NOT NULL;
-CREATE INDEX customers_listed_by_last_name ON customers (last_name COLLATE "C" NULLS FIRST, id COLLATE "C")
+CREATE INDEX customers_listed_by_last_name
+    ON customers (last_name COLLATE "C" NULLS FIRST, id COLLATE "C")
     WHERE merged_into IS NULL AND snapshot IS NOT NULL;
 CREATE INDEX customers_listed_by_created ON customers (created_ms NULLS FIRST, id COLLATE "C")
     WHERE merged_into IS NULL AND snapshot IS NOT NULL;
