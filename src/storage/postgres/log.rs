@@ -158,6 +158,18 @@ pub async fn claim_keys(
         )
         .await?;
     let row = tx.query_one(&claim, &[&body, &semantic, &event_id]).await?;
+    taken_keys(tx, &row, body, semantic).await
+}
+
+/// Which key a claiming statement found taken, from its first four columns: whether it
+/// claimed the body's key, that key's owner in the statement's snapshot, the same for the
+/// semantic key.
+pub async fn taken_keys(
+    tx: &Transaction<'_>,
+    row: &tokio_postgres::Row,
+    body: &[u8],
+    semantic: Option<&[u8]>,
+) -> Result<Option<Taken>, Error> {
     let (body_claimed, semantic_claimed): (bool, bool) = (row.get(0), row.get(2));
     let (key, owner, taken) = if !body_claimed {
         (

@@ -6,18 +6,26 @@
 //! and then decides against what this one committed. The rules themselves are in
 //! [`crate::handlers::projection`].
 
-use super::log::{optional_text, text};
+use super::log::{Taken, optional_text, taken_keys, text};
 use crate::clock::utc_rfc3339;
 use crate::event::{Customer, CustomerMerged, Event, ExperianCheck};
-use crate::handlers::projection::{Effect, Encoded, Stored, stale_reason, updated_ms};
+use crate::handlers::projection::{
+    Effect, Encoded, EncodedSnapshot, Stored, stale_reason, updated_ms,
+};
 use deadpool_postgres::Transaction;
+use std::borrow::Cow;
+use std::sync::LazyLock;
 use tokio_postgres::Error;
+use tokio_postgres::types::ToSql;
 
-const INSERT_SNAPSHOT: &str = "INSERT INTO customers AS c (id, revision, updated_ms, event_id,
+const SNAPSHOT_COLUMNS: &str = "INSERT INTO customers AS c (id, revision, updated_ms, event_id,
         snapshot, email, first_name, last_name, company, country, city, website_id,
-        created_time, updated_time, search, created_ms)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-     ON CONFLICT (id) DO UPDATE SET
+        created_time, updated_time, search, created_ms)";
+
+const SNAPSHOT_VALUES: &str =
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+
+const SNAPSHOT_UPDATE: &str = "ON CONFLICT (id) DO UPDATE SET
          revision = excluded.revision, updated_ms = excluded.updated_ms,
          event_id = excluded.event_id, snapshot = excluded.snapshot, email = excluded.email,
          first_name = excluded.first_name, last_name = excluded.last_name,
@@ -25,6 +33,36 @@ const INSERT_SNAPSHOT: &str = "INSERT INTO customers AS c (id, revision, updated
          website_id = excluded.website_id, created_time = excluded.created_time,
          updated_time = excluded.updated_time, search = excluded.search,
          created_ms = excluded.created_ms";
+
+/// The dedupe keys ($17, and $18 unless NULL) claimed for event $4, then the snapshot upsert
+/// (rule 2) only when neither was found taken, in one statement. Its columns: the key
+/// claims and their owners as [`super::log::claim_keys`] reads them, then whether the
+/// snapshot was written.
+static CLAIM_AND_WRITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH body AS (
+             INSERT INTO dedupe_keys (key, event_id) VALUES ($17, $4)
+             ON CONFLICT DO NOTHING RETURNING 1
+         ), semantic AS (
+             INSERT INTO dedupe_keys (key, event_id)
+             SELECT $18, $4 WHERE $18::BYTEA IS NOT NULL AND EXISTS (SELECT 1 FROM body)
+             ON CONFLICT DO NOTHING RETURNING 1
+         ), snapshot AS (
+             {SNAPSHOT_COLUMNS}
+             SELECT $1::TEXT, $2::BIGINT, $3::BIGINT, $4::BIGINT, $5::TEXT, $6::TEXT,
+                    $7::TEXT, $8::TEXT, $9::TEXT, $10::TEXT, $11::TEXT, $12::TEXT, $13::TEXT,
+                    $14::TEXT, $15::TEXT, $16::BIGINT
+             WHERE EXISTS (SELECT 1 FROM body)
+               AND ($18::BYTEA IS NULL OR EXISTS (SELECT 1 FROM semantic))
+             {SNAPSHOT_UPDATE} {SUPERSEDES}
+         )
+         SELECT EXISTS (SELECT 1 FROM body),
+                (SELECT event_id FROM dedupe_keys WHERE key = $17),
+                EXISTS (SELECT 1 FROM semantic),
+                (SELECT event_id FROM dedupe_keys WHERE key = $18),
+                EXISTS (SELECT 1 FROM snapshot)"
+    )
+});
 
 /// Rule 2 as the condition of the upsert: no snapshot yet; else the higher revision when both
 /// have one; else the later `updatedTime` when both have one and they differ; else the later
@@ -69,7 +107,12 @@ async fn apply_snapshot(
     if write_snapshot(tx, event_id, customer, encoded, true).await? {
         return Ok(Effect::Applied);
     }
-    // The upsert locked the row: what is read now is what the decision was taken against.
+    stale(tx, customer).await
+}
+
+/// Why `customer`'s snapshot was not written: the upsert locked the row, so what is read now
+/// is what the decision was taken against.
+async fn stale(tx: &Transaction<'_>, customer: &Customer) -> Result<Effect, Error> {
     let statement = tx
         .prepare_cached(
             "SELECT revision, updated_ms, event_id, snapshot IS NOT NULL, merged_into
@@ -100,38 +143,110 @@ async fn write_snapshot(
     encoded: &Encoded,
     conditional: bool,
 ) -> Result<bool, Error> {
-    let encoded = encoded.snapshot(customer);
-    let fields = &encoded.fields;
-    let sql = if conditional {
-        format!("{INSERT_SNAPSHOT}{SUPERSEDES}")
+    let condition = if conditional {
+        SUPERSEDES
     } else {
-        format!("{INSERT_SNAPSHOT} RETURNING 1")
+        "RETURNING 1"
     };
+    let sql = format!("{SNAPSHOT_COLUMNS} {SNAPSHOT_VALUES} {SNAPSHOT_UPDATE} {condition}");
     let statement = tx.prepare_cached(&sql).await?;
-    let written = tx
-        .query_opt(
-            &statement,
-            &[
-                &customer.id.as_str(),
-                &customer.revision.map(|r| r.get()),
-                &updated_ms(customer),
-                &event_id,
-                &encoded.json,
-                &optional_text(fields.email.as_deref()),
-                &optional_text(fields.first_name.as_deref()),
-                &optional_text(fields.last_name.as_deref()),
-                &optional_text(fields.company.as_deref()),
-                &optional_text(fields.country.as_deref()),
-                &optional_text(fields.city.as_deref()),
-                &optional_text(fields.website_id.as_deref()),
-                &optional_text(fields.created_time.as_deref()),
-                &customer.updated_time.map(utc_rfc3339),
-                &text(&fields.search),
-                &fields.created_ms,
-            ],
-        )
-        .await?;
+    let encoded = encoded.snapshot(customer);
+    let params = snapshot_params(event_id, customer, &encoded);
+    let written = tx.query_opt(&statement, &params.as_refs()).await?;
     Ok(written.is_some())
+}
+
+/// What a snapshot event found: a dedupe key taken, or what the projection did with it.
+pub enum Claimed {
+    Taken(Taken),
+    Effect(Effect),
+}
+
+/// Claims a snapshot event's dedupe keys and applies its snapshot under rule 2, in one round
+/// trip: the most common delivery by far.
+pub async fn claim_and_apply_snapshot(
+    tx: &Transaction<'_>,
+    body: &[u8],
+    semantic: Option<&[u8]>,
+    event_id: i64,
+    customer: &Customer,
+    encoded: &Encoded,
+) -> Result<Claimed, Error> {
+    let statement = tx.prepare_cached(&CLAIM_AND_WRITE).await?;
+    let encoded = encoded.snapshot(customer);
+    let params = snapshot_params(event_id, customer, &encoded);
+    let mut values = params.as_refs();
+    values.push(&body);
+    values.push(&semantic);
+    let row = tx.query_one(&statement, &values).await?;
+    if let Some(taken) = taken_keys(tx, &row, body, semantic).await? {
+        return Ok(Claimed::Taken(taken));
+    }
+    if row.get::<_, bool>(4) {
+        return Ok(Claimed::Effect(Effect::Applied));
+    }
+    Ok(Claimed::Effect(stale(tx, customer).await?))
+}
+
+/// The parameters $1 to $16 of a snapshot's upsert.
+struct SnapshotParams<'a> {
+    id: &'a str,
+    revision: Option<i64>,
+    updated_ms: Option<i64>,
+    event_id: i64,
+    json: &'a str,
+    copied: [Option<Cow<'a, str>>; 8],
+    updated_time: Option<String>,
+    search: Cow<'a, str>,
+    created_ms: Option<i64>,
+}
+
+fn snapshot_params<'a>(
+    event_id: i64,
+    customer: &'a Customer,
+    encoded: &'a EncodedSnapshot,
+) -> SnapshotParams<'a> {
+    let fields = &encoded.fields;
+    SnapshotParams {
+        id: customer.id.as_str(),
+        revision: customer.revision.map(|r| r.get()),
+        updated_ms: updated_ms(customer),
+        event_id,
+        json: &encoded.json,
+        copied: [
+            &fields.email,
+            &fields.first_name,
+            &fields.last_name,
+            &fields.company,
+            &fields.country,
+            &fields.city,
+            &fields.website_id,
+            &fields.created_time,
+        ]
+        .map(|value| optional_text(value.as_deref())),
+        updated_time: customer.updated_time.map(utc_rfc3339),
+        search: text(&fields.search),
+        created_ms: fields.created_ms,
+    }
+}
+
+impl SnapshotParams<'_> {
+    fn as_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.id,
+            &self.revision,
+            &self.updated_ms,
+            &self.event_id,
+            &self.json,
+        ];
+        values.extend(self.copied.iter().map(|v| v as &(dyn ToSql + Sync)));
+        values.extend([
+            &self.updated_time as &(dyn ToSql + Sync),
+            &self.search,
+            &self.created_ms,
+        ]);
+        values
+    }
 }
 
 async fn apply_merge(

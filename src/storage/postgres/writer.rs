@@ -14,7 +14,7 @@
 //! is told to retry), and the next batch takes a fresh connection: the writer never stops.
 
 use super::log::{self, EventRow, Taken};
-use super::projection;
+use super::projection::{self, Claimed};
 use crate::event::{Event, ParseError};
 use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
@@ -328,22 +328,39 @@ pub async fn classify(
     prepared: &Encoded,
 ) -> Result<(), tokio_postgres::Error> {
     let semantic = keys.semantic.as_ref().map(<[u8; 32]>::as_slice);
-    match log::claim_keys(tx, &keys.body, semantic, row.id).await? {
-        Some(Taken::Body(original)) => {
+    let claimed = match event {
+        Event::CustomerCreated(e) | Event::CustomerUpdated(e) | Event::CustomerSynced(e) => {
+            projection::claim_and_apply_snapshot(
+                tx,
+                &keys.body,
+                semantic,
+                row.id,
+                &e.customer,
+                prepared,
+            )
+            .await?
+        }
+        _ => match log::claim_keys(tx, &keys.body, semantic, row.id).await? {
+            Some(taken) => Claimed::Taken(taken),
+            None => Claimed::Effect(projection::apply(tx, row.id, event, prepared).await?),
+        },
+    };
+    let effect = match claimed {
+        Claimed::Taken(Taken::Body(original)) => {
             row.status = Status::Duplicate;
             row.duplicate_of = Some(original);
             // The original holds these very bytes; keeping them twice would only cost space.
             row.body = None;
             return Ok(());
         }
-        Some(Taken::Semantic(original)) => {
+        Claimed::Taken(Taken::Semantic(original)) => {
             row.status = Status::Duplicate;
             row.duplicate_of = Some(original);
             return Ok(());
         }
-        None => {}
-    }
-    row.status = match projection::apply(tx, row.id, event, prepared).await? {
+        Claimed::Effect(effect) => effect,
+    };
+    row.status = match effect {
         Effect::Applied => Status::Applied,
         Effect::Stale(reason) => {
             row.error = reason;
