@@ -3,7 +3,7 @@
 
 use crate::admin;
 use crate::auth::AuthenticatedBody;
-use crate::config::{HandlerSettings, Settings};
+use crate::config::{HandlerSettings, Settings, StorageBackend};
 use crate::ingest::{Pipeline, Receipt};
 use crate::progress::Progress;
 use crate::query::{CustomerQuery, EventListOptions, ListOptions, parse_event_query};
@@ -270,7 +270,7 @@ fn print_json(value: &impl serde::Serialize) {
 /// and `replay`, such a command never creates an empty database by mistake.
 fn open_existing(settings: &Settings) -> Result<Store, Failure> {
     let path = &settings.storage.path;
-    if !path.exists() {
+    if settings.storage.backend == StorageBackend::Sqlite && !path.exists() {
         return Err(Failure(format!(
             "no database at {} (storage.path): nothing has been received there yet",
             path.display()

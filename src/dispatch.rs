@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::config::{HandlerSettings, HandlerStart};
 use crate::handlers::{self, AsyncHandler, DispatchedEvent};
 use crate::storage::{Candidate, Outcome, Work};
-use crate::storage::{StorageError, Store};
+use crate::storage::{HANDLER_LEASE, StorageError, Store};
 use crate::telemetry;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -30,6 +30,9 @@ static PASS_FAILURES: crate::log_limit::LogLimit =
     crate::log_limit::LogLimit::new(crate::log_limit::INTERVAL);
 /// Pause after a storage error before the worker tries again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// How often a pass renews its lease on the handler: twice within the lease's term, even when
+/// a renewal takes as long as it may.
+const LEASE_RENEWAL: Duration = Duration::from_millis(HANDLER_LEASE.as_millis() as u64 / 4);
 /// Longest idle sleep: redrives (by the admin endpoint or by another process, such as
 /// `handlers redrive`) and events written by other processes wake no watcher, so an idle worker
 /// looks again at least this often.
@@ -114,6 +117,11 @@ impl Worker {
                         _ = shutdown.changed() => {}
                     }
                 }
+                Err(StorageError::LeaseLost(_)) => {
+                    // Another daemon works the handler now; this one looks again when idle.
+                    tracing::warn!(handler = %self.name,
+                        "handler taken over by another daemon; this pass's results were dropped");
+                }
                 Err(error) => {
                     // Storage errors (a full disk) repeat every pause: one line per interval.
                     if let Some(suppressed) = PASS_FAILURES.admit() {
@@ -180,12 +188,42 @@ impl Worker {
             self.publish_stats().await;
             return Ok(Pass::Idle);
         }
-        let (cursor, results) = self.run_handler(work, shutdown).await;
+        let (cursor, results) = self.holding_lease(self.run_handler(work, shutdown)).await?;
         self.store
             .record_handler_pass(self.name.clone(), cursor, results)
             .await?;
         self.publish_stats().await;
         Ok(Pass::Processed)
+    }
+
+    /// Runs `pass` while renewing this daemon's lease on the handler, so that no other daemon
+    /// on the same database takes the handler over meanwhile. A pass continues only while its
+    /// lease is renewed: if a renewal fails or comes too late, the pass stops, records nothing
+    /// and is answered with an error, since another daemon may take over once the lease lapses
+    /// and two daemons must never work one customer's events at once. The next holder delivers
+    /// what this pass had in hand.
+    async fn holding_lease<T>(&self, pass: impl Future<Output = T>) -> Result<T, StorageError> {
+        tokio::pin!(pass);
+        loop {
+            tokio::select! {
+                done = &mut pass => return Ok(done),
+                () = tokio::time::sleep(LEASE_RENEWAL) => {}
+            }
+            let renewal = tokio::time::timeout(
+                LEASE_RENEWAL,
+                self.store.renew_handler_lease(self.name.clone()),
+            );
+            tokio::pin!(renewal);
+            let renewed = tokio::select! {
+                done = &mut pass => return Ok(done),
+                renewed = &mut renewal => renewed,
+            };
+            match renewed {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) | Err(_) => return Err(StorageError::LeaseLost(self.name.clone())),
+                Ok(Err(error)) => return Err(error),
+            }
+        }
     }
 
     /// Runs the handler over due retries, then fresh events; stops early on shutdown.

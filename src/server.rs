@@ -70,7 +70,7 @@ pub async fn run(
     }
     let store = Store::open(&settings.storage)?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, database = %settings.storage.path.display(), "listening");
+    tracing::info!(%address, database = %settings.storage.describe(), "listening");
 
     // Before any delivery can be accepted, so that a new handler starting "now" starts at the
     // log as it stood when the daemon started, not wherever its worker first ran.

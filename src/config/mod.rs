@@ -109,11 +109,38 @@ pub enum Synchronous {
     Normal,
 }
 
+/// Which database holds the event log and the projection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// An embedded SQLite file (`storage.path`), for one daemon.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`storage.url`) that several daemons may share.
+    Postgres,
+}
+
+/// `Debug` is derived: the URL and the password are [`Secret`]s and print redacted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    pub backend: StorageBackend,
     /// SQLite database file, created with its parent folder if missing.
     pub path: PathBuf,
+    /// PostgreSQL connection URL (`postgres://user:password@host:5432/db?sslmode=require`) or
+    /// key=value string; a secret, as it may carry the password.
+    pub url: Option<Secret>,
+    /// PostgreSQL password, when the URL carries none (so that it can come from the
+    /// environment: `REBILLY_WEBHOOKD__STORAGE__PASSWORD`).
+    pub password: Option<Secret>,
+    /// Most PostgreSQL connections this daemon opens (the writer, readers, handlers).
+    pub max_connections: usize,
+    /// Longest wait for a PostgreSQL connection (connecting included), in seconds, before a
+    /// request is answered 503.
+    pub connect_timeout_seconds: u64,
+    /// PEM file of the authorities that sign the PostgreSQL server's certificate (a managed
+    /// database's own CA), trusted instead of the Mozilla roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// `full` syncs every commit to disk; `normal` may lose the last commits on power loss.
     pub synchronous: Synchronous,
     /// Deliveries waiting for the writer before new ones are answered 503.
@@ -126,6 +153,17 @@ pub struct StorageSettings {
     /// comes on top). Past it, deliveries are answered 503 until pruning frees room, as on a
     /// full disk. 0: no cap (the default); otherwise at least 1 MiB.
     pub max_size_bytes: u64,
+}
+
+impl StorageSettings {
+    /// Where events are stored, for logs: the SQLite file, or only the word for PostgreSQL,
+    /// whose URL is a secret.
+    pub fn describe(&self) -> String {
+        match self.backend {
+            StorageBackend::Sqlite => self.path.display().to_string(),
+            StorageBackend::Postgres => "PostgreSQL (storage.url)".to_owned(),
+        }
+    }
 }
 
 /// `Debug` is derived: the password is a [`Secret`] and prints redacted.
@@ -426,6 +464,41 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("token-token"), "{printed}");
         assert!(printed.contains("rebilly"));
+    }
+
+    #[test]
+    fn postgres_needs_a_url_that_never_reaches_messages_or_debug_output() {
+        let error = load_toml("[storage]\nbackend = \"postgres\"\n").unwrap_err();
+        assert!(error.to_string().contains("storage.url"), "{error}");
+        let error = load_toml("[storage]\nbackend = \"mysql\"\n").unwrap_err();
+        assert!(error.to_string().contains("backend"), "{error}");
+        let error = load_toml(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:hunter2@db/app?sslmode=maybe\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("storage.url"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let settings = load_with_env(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:hunter2@db/app\"\n",
+            &[(
+                "REBILLY_WEBHOOKD__STORAGE__PASSWORD",
+                "from-the-environment",
+            )],
+        )
+        .unwrap();
+        assert_eq!(settings.storage.backend, StorageBackend::Postgres);
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("from-the-environment"), "{printed}");
+        assert_eq!(
+            settings.storage.password.as_ref().map(Secret::expose),
+            Some("from-the-environment")
+        );
+        assert_eq!(
+            Settings::load(None).unwrap().storage.backend,
+            StorageBackend::Sqlite
+        );
     }
 
     #[test]

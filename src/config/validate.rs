@@ -29,6 +29,7 @@ impl Settings {
         if self.storage.path.as_os_str().is_empty() {
             return Err(invalid("storage.path", "must not be empty"));
         }
+        self.validate_postgres()?;
         if self.storage.queue_capacity == 0 {
             return Err(invalid("storage.queue_capacity", "must be greater than 0"));
         }
@@ -55,6 +56,40 @@ impl Settings {
         }
         self.validate_handlers()?;
         self.validate_sync()
+    }
+
+    /// The PostgreSQL keys, checked whatever the backend when they are set, so that a mistake
+    /// shows before the backend is switched; `storage.url` is required with `postgres`. A URL
+    /// never appears in the message: it may carry the password.
+    pub(super) fn validate_postgres(&self) -> Result<(), ConfigError> {
+        let storage = &self.storage;
+        if storage.max_connections == 0 {
+            return Err(invalid("storage.max_connections", "must be greater than 0"));
+        }
+        if storage.connect_timeout_seconds == 0 {
+            return Err(invalid(
+                "storage.connect_timeout_seconds",
+                "must be greater than 0",
+            ));
+        }
+        if let Some(password) = &storage.password
+            && password.expose().is_empty()
+        {
+            return Err(invalid("storage.password", "must not be empty when set"));
+        }
+        if let Some(file) = &storage.tls_ca_file {
+            crate::storage::postgres::authorities(file)
+                .map_err(|reason| invalid("storage.tls_ca_file", reason))?;
+        }
+        match &storage.url {
+            None if storage.backend == StorageBackend::Postgres => Err(invalid(
+                "storage.url",
+                "is required when storage.backend = \"postgres\"",
+            )),
+            None => Ok(()),
+            Some(url) => crate::storage::postgres::check_url(url)
+                .map_err(|reason| invalid("storage.url", reason)),
+        }
     }
 
     pub(super) fn validate_sync(&self) -> Result<(), ConfigError> {
@@ -250,6 +285,9 @@ impl Settings {
         }
         if let Some(token) = &self.api.token {
             secrets.push(("api.token".to_owned(), token));
+        }
+        if let Some(password) = &self.storage.password {
+            secrets.push(("storage.password".to_owned(), password));
         }
         secrets
     }

@@ -159,19 +159,9 @@ impl From<crate::storage::StorageError> for Problem {
                 Self::unavailable("the daemon is busy; retry after the indicated delay")
             }
             StorageError::WriterGone => Self::unavailable("the daemon is shutting down"),
-            // Which errors pass is decided once, by the storage layer that knows SQLite.
-            StorageError::Sqlite(_)
-            | StorageError::Migration(_)
-            | StorageError::Io(_)
-            | StorageError::Join(_)
-            | StorageError::Incomplete(_)
-            | StorageError::Commit { .. } => {
-                if error.is_transient() {
-                    Self::storage_unavailable(&error)
-                } else {
-                    Self::internal(&error)
-                }
-            }
+            // Which errors pass is decided once, by the storage layer that knows its backends.
+            _ if error.is_transient() => Self::storage_unavailable(&error),
+            _ => Self::internal(&error),
         }
     }
 }

@@ -2,11 +2,16 @@
 //!
 //! The rest of the crate sees only [`Store`], an asynchronous interface that speaks of the event
 //! model, queries and handler state, never of SQL. It is the seam between the daemon and its
-//! backends: SQLite, embedded, is the default (`sqlite`). No SQL lives outside this module.
+//! backends, chosen by `storage.backend`: SQLite, embedded, is the default (`sqlite`);
+//! PostgreSQL (`postgres`) lets several daemons share one database. No SQL lives outside this
+//! module.
 
+mod customer_view;
 mod delivery;
 mod error;
+mod filter_sql;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 /// Re-exported where the log and the writer have always named it.
@@ -17,14 +22,20 @@ pub use model::{
     NewDelivery, Outcome, PruneKey, PruneStep, RebuildReport, SyncedPage, Work,
 };
 
-use crate::config::{HandlerStart, StorageSettings};
+use crate::config::{HandlerStart, StorageBackend, StorageSettings};
 use crate::handlers::DispatchedEvent;
 use crate::query::{CustomerQuery, EventQuery};
 use crate::sync::SyncedSnapshot;
+use postgres::PgStore;
 use sqlite::SqliteStore;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::watch;
+
+/// How long a daemon's hold on a handler lasts unless renewed (see
+/// [`Store::renew_handler_lease`]).
+pub const HANDLER_LEASE: std::time::Duration =
+    std::time::Duration::from_millis(postgres::HANDLER_LEASE_MS as u64);
 
 /// The answer to a queued delivery, awaited later (see [`Store::enqueue`]).
 pub type PendingIngest = Pin<Box<dyn Future<Output = Result<Ingested, StorageError>> + Send>>;
@@ -38,6 +49,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 /// Runs the same call on whichever backend the store holds.
@@ -45,16 +57,20 @@ macro_rules! on_backend {
     ($store:expr, $backend:ident => $call:expr) => {
         match &$store.backend {
             Backend::Sqlite($backend) => $call,
+            Backend::Postgres($backend) => $call,
         }
     };
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the configured backend.
+    /// Opens the configured backend: SQLite is created if needed and migrated at once;
+    /// PostgreSQL connects and migrates on first use (inside the Tokio runtime).
     pub fn open(settings: &StorageSettings) -> Result<Self, StorageError> {
-        Ok(Self {
-            backend: Backend::Sqlite(SqliteStore::open(settings)?),
-        })
+        let backend = match settings.backend {
+            StorageBackend::Sqlite => Backend::Sqlite(SqliteStore::open(settings)?),
+            StorageBackend::Postgres => Backend::Postgres(PgStore::open(settings)?),
+        };
+        Ok(Self { backend })
     }
 
     /// Stores a delivery and applies it to the projection; answers once the commit is durable.
@@ -152,6 +168,16 @@ impl Store {
         results: Vec<(DispatchedEvent, Outcome)>,
     ) -> Result<(), StorageError> {
         on_backend!(self, b => b.record_handler_pass(handler, cursor, results).await)
+    }
+
+    /// Keeps this daemon's hold on a handler during a long pass: with several daemons on one
+    /// database, one at a time works a handler, under a lease of [`HANDLER_LEASE`]. False once
+    /// another daemon has taken the handler over. A SQLite database has one daemon.
+    pub async fn renew_handler_lease(&self, handler: String) -> Result<bool, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(backend) => backend.renew_handler_lease(handler).await,
+        }
     }
 
     /// When the handler's earliest retry falls due, if it has one.

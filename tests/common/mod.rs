@@ -4,9 +4,12 @@
 
 pub mod backpressure;
 pub mod bodies;
+pub mod cluster;
 pub mod db;
 pub mod fake_rebilly;
 pub mod http;
+pub mod matrix;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 pub mod wait;
@@ -15,6 +18,7 @@ pub use backpressure::*;
 pub use bodies::*;
 pub use db::*;
 pub use http::*;
+pub(crate) use matrix::backends;
 pub use process::*;
 pub use raw::*;
 pub use wait::*;
@@ -46,7 +50,7 @@ listen = "{listen}"
 [storage]
 path = "{db}"
 synchronous = "normal"
-
+{storage_lines}
 [[auth.basic]]
 username = "{USER}"
 password = "{PASSWORD}"
@@ -54,7 +58,8 @@ password = "{PASSWORD}"
 [api]
 token = "{API_TOKEN}"
 "#,
-        db = db.display()
+        db = db.display(),
+        storage_lines = matrix::storage_lines(),
     )
 }
 

@@ -96,6 +96,7 @@ fn outcome_of<'a>(line: &'a str, file: &str) -> &'a str {
 // replay
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[test]
 fn replay_prints_each_file_in_name_order_with_its_outcome_then_a_summary() {
     let cli = Cli::new();
@@ -137,7 +138,9 @@ fn replay_prints_each_file_in_name_order_with_its_outcome_then_a_summary() {
         4
     );
 }
+}
 
+backends! {
 #[test]
 fn replay_of_single_files_keeps_the_order_given() {
     let cli = Cli::new();
@@ -162,7 +165,9 @@ fn replay_of_single_files_keeps_the_order_given() {
         3
     );
 }
+}
 
+backends! {
 #[test]
 fn replay_of_rejected_bodies_fails_and_names_each_reason() {
     let cli = Cli::replayed();
@@ -204,7 +209,9 @@ fn replay_of_rejected_bodies_fails_and_names_each_reason() {
     assert_eq!(rejected.len(), 9);
     assert!(rejected.iter().all(|e| e["error"].is_string()));
 }
+}
 
+backends! {
 #[test]
 fn replay_of_a_missing_path_fails_with_a_clear_message() {
     let cli = Cli::new();
@@ -234,11 +241,13 @@ fn replay_of_a_missing_path_fails_with_a_clear_message() {
         "nothing was replayed"
     );
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // customers
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[test]
 fn customers_get_prints_the_projected_customer() {
     let cli = Cli::replayed();
@@ -255,7 +264,9 @@ fn customers_get_prints_the_projected_customer() {
     assert_eq!(bob["experianCheck"]["outcome"], -1);
     assert_eq!(bob["experianCheck"]["errorCode"], "003");
 }
+}
 
+backends! {
 #[test]
 fn customers_get_of_an_unknown_id_fails_with_one_line() {
     let cli = Cli::replayed();
@@ -266,7 +277,9 @@ fn customers_get_of_an_unknown_id_fails_with_one_line() {
     assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
     assert!(message.contains("nobody"), "{message}");
 }
+}
 
+backends! {
 #[test]
 fn customers_list_takes_the_http_query_options() {
     let cli = Cli::replayed();
@@ -309,7 +322,9 @@ fn customers_list_takes_the_http_query_options() {
     );
     assert!(cli.array(&["customers", "list", "--limit", "0"]).is_empty());
 }
+}
 
+backends! {
 #[test]
 fn customers_list_refuses_bad_options_naming_them() {
     let cli = Cli::replayed();
@@ -331,11 +346,13 @@ fn customers_list_refuses_bad_options_naming_them() {
     let output = cli.run(&["customers", "list", "--filter", "colour:red"]);
     assert!(stderr(&output).contains("colour"), "{}", stderr(&output));
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // events
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[test]
 fn events_list_filters_like_the_http_log() {
     let cli = Cli::replayed();
@@ -384,6 +401,7 @@ fn events_list_filters_like_the_http_log() {
     let output = cli.run(&["events", "list", "--status", "exploded"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("status"), "{}", stderr(&output));
+}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -262,6 +262,7 @@ async fn assert_filter(
     assert_eq!(total, Some(want.len() as u64), "{filter}: Pagination-Total");
 }
 
+backends! {
 #[tokio::test]
 async fn values_or_clauses_and_and_sub_fields_by_rebillys_names() {
     let (app, people) = seeded().await;
@@ -306,7 +307,9 @@ async fn values_or_clauses_and_and_sub_fields_by_rebillys_names() {
     })
     .await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn negations_include_customers_without_the_field() {
     let (app, people) = seeded().await;
@@ -330,7 +333,9 @@ async fn negations_include_customers_without_the_field() {
     })
     .await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn number_ranges_closed_open_and_mixed_with_values() {
     let (app, people) = seeded().await;
@@ -360,7 +365,9 @@ async fn number_ranges_closed_open_and_mixed_with_values() {
     })
     .await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn date_time_ranges_compare_instants_whatever_the_offset_or_digits() {
     let (app, people) = seeded().await;
@@ -406,7 +413,9 @@ async fn date_time_ranges_compare_instants_whatever_the_offset_or_digits() {
     let filter = format!("createdTime:{}", render(a, 5));
     assert_filter(&app, &people, &filter, |p| p.created_ms == Some(a)).await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn custom_fields_compare_as_written() {
     let (app, people) = seeded().await;
@@ -428,7 +437,9 @@ async fn custom_fields_compare_as_written() {
     })
     .await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn sorts_by_rebillys_names_order_instants_and_break_ties_by_id() {
     let (app, people) = seeded().await;
@@ -493,7 +504,9 @@ async fn sorts_by_rebillys_names_order_instants_and_break_ties_by_id() {
         want
     );
 }
+}
 
+backends! {
 #[tokio::test]
 async fn what_cannot_be_evaluated_is_a_400_naming_it() {
     let (app, _) = seeded().await;
@@ -534,7 +547,9 @@ async fn what_cannot_be_evaluated_is_a_400_naming_it() {
         );
     }
 }
+}
 
+backends! {
 #[tokio::test]
 async fn the_command_line_takes_the_same_grammar() {
     let (app, people) = seeded().await;
@@ -571,7 +586,9 @@ async fn the_command_line_takes_the_same_grammar() {
         stderr(&refused)
     );
 }
+}
 
+backends! {
 #[tokio::test]
 async fn the_event_log_filters_with_the_same_grammar() {
     let app = spawn_app().await;
@@ -636,6 +653,7 @@ async fn the_event_log_filters_with_the_same_grammar() {
     let response = app.api_get("/events?filter=status:lost").await;
     let body = expect_problem(response, 400).await;
     assert!(body["detail"].as_str().unwrap().contains("lost"), "{body}");
+}
 }
 
 fn received_ms(text: &str) -> i64 {

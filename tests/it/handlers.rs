@@ -191,6 +191,7 @@ async fn handler_entry(app: &TestApp, id: i64, handler: &str) -> Option<Value> {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn forwards_applied_events_verbatim_with_credentials_and_nothing_else() {
     let target = Target::start().await;
@@ -258,7 +259,9 @@ async fn forwards_applied_events_verbatim_with_credentials_and_nothing_else() {
         .await;
     }
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_failing_target_is_retried_until_it_accepts() {
     let target = Target::start().await;
@@ -297,7 +300,9 @@ async fn a_failing_target_is_retried_until_it_accepts() {
     .await;
     assert_eq!(target.attempts_for(id).len(), 3);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_dead_event_holds_its_customer_back_until_redriven() {
     let target = Target::start().await;
@@ -432,7 +437,9 @@ async fn a_dead_event_holds_its_customer_back_until_redriven() {
         .unwrap();
     assert_eq!(answer, json!({"handler": "crm", "redriven": 0}));
 }
+}
 
+backends! {
 #[tokio::test]
 async fn the_command_line_redrives_a_dead_event_of_a_running_daemon() {
     let target = Target::start().await;
@@ -481,7 +488,9 @@ async fn the_command_line_redrives_a_dead_event_of_a_running_daemon() {
     })
     .await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn one_customers_revisions_arrive_in_order_despite_random_failures() {
     let target = Target::start().await;
@@ -546,6 +555,7 @@ async fn one_customers_revisions_arrive_in_order_despite_random_failures() {
     );
     assert_each_event_accepted_once(&target);
 }
+}
 
 /// No event was accepted twice by the target.
 fn assert_each_event_accepted_once(target: &Target) {
@@ -565,6 +575,7 @@ fn assert_each_event_accepted_once(target: &Target) {
     );
 }
 
+backends! {
 #[tokio::test]
 async fn a_log_handler_next_to_a_forward_handler_does_not_disturb_it() {
     let target = Target::start().await;
@@ -629,7 +640,9 @@ kind = "log"
     })
     .await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn handler_state_survives_a_restart() {
     let target = Target::start().await;
@@ -685,6 +698,7 @@ async fn handler_state_survives_a_restart() {
         .await;
     }
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Where a handler starts, pruned bodies, and order across the customers an event touches
@@ -696,6 +710,7 @@ fn add_to_config(app: &TestApp, table: &str) {
     std::fs::write(&app.config_path, format!("{config}\n{table}")).unwrap();
 }
 
+backends! {
 #[tokio::test]
 async fn a_handler_added_later_starts_after_the_newest_event() {
     let target = Target::start().await;
@@ -731,7 +746,9 @@ async fn a_handler_added_later_starts_after_the_newest_event() {
         assert_eq!(handler_entry(&app, id, "crm").await, None);
     }
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_handler_from_the_beginning_skips_pruned_bodies_and_records_why() {
     let target = Target::start().await;
@@ -780,7 +797,9 @@ async fn a_handler_from_the_beginning_skips_pruned_bodies_and_records_why() {
     );
     assert_eq!(handler_entry(&app, current, "crm").await, None);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_merge_waits_for_an_undelivered_update_of_the_customer_merged_away() {
     let target = Target::start().await;
@@ -834,7 +853,9 @@ async fn a_merge_waits_for_an_undelivered_update_of_the_customer_merged_away() {
     let position = |id| accepted.iter().position(|a| *a == id).unwrap();
     assert!(position(update) < position(merge), "{accepted:?}");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn handlers_are_told_what_revision_the_projection_holds() {
     let target = Target::start().await;
@@ -862,4 +883,5 @@ async fn handlers_are_told_what_revision_the_projection_holds() {
     );
     assert_eq!(forwarded.projected_revision, Some(5));
     assert_eq!(target.attempts_for(current)[0].projected_revision, Some(5));
+}
 }

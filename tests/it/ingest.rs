@@ -5,6 +5,7 @@ use crate::common::{self, *};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 
+backends! {
 #[tokio::test]
 async fn a_delivery_is_applied_and_visible_at_once() {
     let app = common::spawn_app().await;
@@ -16,6 +17,7 @@ async fn a_delivery_is_applied_and_visible_at_once() {
     assert_eq!(customer["revision"], 1);
     let app = app.restart().await;
     assert_eq!(app.customer("cus_alice_01").await["revision"], 1);
+}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -50,6 +52,7 @@ async fn deliver_rejected(app: &TestApp, body: Vec<u8>, status: u16) -> Value {
     problem
 }
 
+backends! {
 #[tokio::test]
 async fn malformed_json_is_a_bad_request_and_kept_as_rejected() {
     let app = common::spawn_app().await;
@@ -59,7 +62,9 @@ async fn malformed_json_is_a_bad_request_and_kept_as_rejected() {
     assert_eq!(total, 1);
     assert_eq!(app.api_get("/customers/cus_jack_07").await.status(), 404);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_json_array_is_a_bad_request_and_kept_as_rejected() {
     let app = common::spawn_app().await;
@@ -72,7 +77,9 @@ async fn a_json_array_is_a_bad_request_and_kept_as_rejected() {
     assert_eq!(total, 4);
     assert_eq!(app.api_get("/customers/cus_erin_05").await.status(), 404);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn every_unusable_known_event_is_422_naming_its_field_and_kept_as_rejected() {
     let app = common::spawn_app().await;
@@ -101,7 +108,9 @@ async fn every_unusable_known_event_is_422_naming_its_field_and_kept_as_rejected
     assert_eq!(customers.headers()["pagination-total"], "0");
     assert_eq!(customers.json::<Value>().await.unwrap(), json!([]));
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_customer_update_whose_embedded_id_differs_is_422() {
     let app = common::spawn_app().await;
@@ -118,11 +127,13 @@ async fn a_customer_update_whose_embedded_id_differs_is_422() {
     assert_eq!(app.api_get("/customers/cus_one").await.status(), 404);
     assert_eq!(app.api_get("/customers/cus_two").await.status(), 404);
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 5 and 6. Ignored types and duplicates
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn an_unsupported_event_type_is_ignored_and_its_redelivery_is_a_duplicate() {
     let app = common::spawn_app().await;
@@ -159,7 +170,9 @@ async fn an_unsupported_event_type_is_ignored_and_its_redelivery_is_a_duplicate(
     // An ignored event creates no customer.
     assert_eq!(app.api_get("/customers/cus_alice_01").await.status(), 404);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn an_event_type_that_is_no_rebilly_event_type_is_422_and_kept_as_rejected() {
     let app = common::spawn_app().await;
@@ -173,7 +186,9 @@ async fn an_event_type_that_is_no_rebilly_event_type_is_422_and_kept_as_rejected
     let body = serde_json::to_vec(&json!({"eventType": "order_v2-created"})).unwrap();
     assert_eq!(app.deliver_ok(body).await.1, "ignored");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_merge_whose_customers_lack_ids_is_422_naming_the_exact_field() {
     let app = common::spawn_app().await;
@@ -195,7 +210,9 @@ async fn a_merge_whose_customers_lack_ids_is_422_naming_the_exact_field() {
         assert_eq!(problem["field"], field, "{problem}");
     }
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_different_body_for_the_same_type_customer_and_revision_is_a_duplicate() {
     let app = common::spawn_app().await;
@@ -242,7 +259,9 @@ async fn a_different_body_for_the_same_type_customer_and_revision_is_a_duplicate
         .replace("customer-created", "customer-updated");
     assert_eq!(status_of(&app, updated).await, "stale");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn two_experian_checks_embedding_the_same_revision_are_both_applied() {
     let app = common::spawn_app().await;
@@ -283,11 +302,13 @@ async fn two_experian_checks_embedding_the_same_revision_are_both_applied() {
         .await;
     assert_eq!(status, "duplicate");
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 7. Durability across a restart
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn acknowledged_concurrent_deliveries_survive_a_restart() {
     let app = common::spawn_app().await;
@@ -333,6 +354,7 @@ async fn acknowledged_concurrent_deliveries_survive_a_restart() {
         assert_eq!(&served["id"], customer.as_str());
     }
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // 8. Group commit
@@ -344,6 +366,7 @@ enum Expect {
     Problem(u16),
 }
 
+backends! {
 #[tokio::test]
 async fn concurrent_mixed_deliveries_each_get_their_own_answer() {
     let app = common::spawn_app().await;
@@ -454,11 +477,13 @@ async fn concurrent_mixed_deliveries_each_get_their_own_answer() {
     let customers = app.api_get("/customers?limit=1000").await;
     assert_eq!(customers.headers()["pagination-total"], "31");
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Rule 1: duplicates
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn a_byte_identical_redelivery_is_a_duplicate_and_changes_nothing() {
     let app = spawn_app().await;
@@ -500,7 +525,9 @@ async fn a_byte_identical_redelivery_is_a_duplicate_and_changes_nothing() {
     assert_eq!(all[0]["status"], "duplicate");
     assert_eq!(all[0]["revision"], 1);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_redelivered_experian_check_is_a_duplicate() {
     let app = spawn_app().await;
@@ -513,4 +540,5 @@ async fn a_redelivered_experian_check_is_a_duplicate() {
     )
     .await;
     assert_eq!(checks.len(), 1);
+}
 }

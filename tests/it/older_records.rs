@@ -27,6 +27,7 @@ async fn served(app: &TestApp) -> Value {
     customer
 }
 
+backends! {
 #[tokio::test]
 async fn an_older_account_record_is_applied_and_served_exactly_as_sent() {
     let app = spawn_app().await;
@@ -49,7 +50,9 @@ async fn an_older_account_record_is_applied_and_served_exactly_as_sent() {
     assert_eq!(events[0]["customerId"], ID);
     assert_eq!(events[0]["revision"], Value::Null);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn older_times_order_snapshots_and_an_unreadable_one_leaves_it_to_arrival() {
     let app = spawn_app().await;
@@ -89,7 +92,9 @@ async fn older_times_order_snapshots_and_an_unreadable_one_leaves_it_to_arrival(
     assert_eq!(customer, resource(&unreadable));
     assert_eq!(customer["updatedTime"], "0000-00-00 00:00:00");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn replaying_the_older_account_folder_gives_the_same_outcomes() {
     let app = spawn_app().await;
@@ -109,4 +114,5 @@ async fn replaying_the_older_account_folder_gives_the_same_outcomes() {
         served(&app).await,
         resource(&older("04-customer-updated-uuid-unreadable-time.json"))
     );
+}
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 // Rule 2: revisions, then updatedTime, then arrival
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn a_lower_revision_never_overwrites_a_higher_one() {
     let app = spawn_app().await;
@@ -27,7 +28,9 @@ async fn a_lower_revision_never_overwrites_a_higher_one() {
         stale[0]
     );
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_created_event_arriving_after_a_higher_update_is_stale() {
     let app = spawn_app().await;
@@ -49,7 +52,9 @@ async fn a_created_event_arriving_after_a_higher_update_is_stale() {
     assert_eq!(customer["revision"], 2);
     assert_eq!(customer["lastName"], "New");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn any_arrival_order_of_revisions_ends_at_the_highest() {
     let orders: [[i64; 5]; 5] = [
@@ -91,7 +96,9 @@ async fn any_arrival_order_of_revisions_ends_at_the_highest() {
         assert_eq!(customer["invoiceCount"], 5, "order {order:?}");
     }
 }
+}
 
+backends! {
 #[tokio::test]
 async fn without_revisions_an_older_updated_time_arriving_later_is_stale() {
     let app = spawn_app().await;
@@ -130,7 +137,9 @@ async fn without_revisions_an_older_updated_time_arriving_later_is_stale() {
     assert_eq!(status_of(&app, earlier_in_other_offset).await, "stale");
     assert_eq!(app.customer("cus_norev").await["lastName"], "Latest");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn without_revisions_or_distinct_times_the_later_arrival_wins() {
     let app = spawn_app().await;
@@ -156,7 +165,9 @@ async fn without_revisions_or_distinct_times_the_later_arrival_wins() {
         assert_eq!(app.customer("cus_undated").await["lastName"], name);
     }
 }
+}
 
+backends! {
 #[tokio::test]
 async fn unknown_customer_fields_are_served_back() {
     let app = spawn_app().await;
@@ -192,11 +203,13 @@ async fn unknown_customer_fields_are_served_back() {
     expected["experianCheck"] = Value::Null;
     assert_eq!(customer, expected);
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Rule 3: merges
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn a_merged_away_customer_stays_merged_and_leaves_the_list() {
     let app = spawn_app().await;
@@ -256,7 +269,9 @@ async fn a_merged_away_customer_stays_merged_and_leaves_the_list() {
     assert_eq!(app.customer("cus_dupe").await, dupe);
     assert_eq!(ids(&list(&app, "/customers").await), vec!["cus_target"]);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_merge_updates_the_target_only_with_a_higher_revision() {
     let app = spawn_app().await;
@@ -298,7 +313,9 @@ async fn a_merge_updates_the_target_only_with_a_higher_revision() {
     assert_eq!(target["revision"], 4);
     assert_eq!(target["lastName"], "Merge target");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_merge_arriving_before_any_event_of_either_customer_still_holds() {
     let app = spawn_app().await;
@@ -337,7 +354,9 @@ async fn a_merge_arriving_before_any_event_of_either_customer_still_holds() {
     assert_eq!(status_of(&app, newer).await, "applied");
     assert_eq!(app.customer("cus_first_tgt").await["revision"], 5);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn the_merge_is_the_last_word_on_the_merged_away_customer_whatever_arrived_before() {
     // Two databases, the same three events, two arrival orders: the merged-away customer ends
@@ -368,7 +387,9 @@ async fn the_merge_is_the_last_word_on_the_merged_away_customer_whatever_arrived
     }
     assert_eq!(results[0], results[1]);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_merge_without_a_target_snapshot_still_marks_the_duplicate() {
     let app = spawn_app().await;
@@ -382,11 +403,13 @@ async fn a_merge_without_a_target_snapshot_still_marks_the_duplicate() {
     );
     assert_eq!(app.customer("cus_bare_tgt").await["revision"], 1);
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Rule 4: Experian checks
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn every_experian_check_is_kept_and_the_latest_one_is_shown() {
     let app = spawn_app().await;
@@ -430,7 +453,9 @@ async fn every_experian_check_is_kept_and_the_latest_one_is_shown() {
     assert_eq!(listed_ids, event_ids);
     assert!(listed.iter().all(|e| e["status"] == "applied"));
 }
+}
 
+backends! {
 #[tokio::test]
 async fn an_experian_check_with_an_older_embedded_customer_still_shows_and_keeps_the_snapshot() {
     let app = spawn_app().await;
@@ -449,7 +474,9 @@ async fn an_experian_check_with_an_older_embedded_customer_still_shows_and_keeps
     assert_eq!(customer["experianCheck"]["outcome"], -1);
     assert_eq!(customer["experianCheck"]["errorCode"], "003");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn the_fixture_experian_checks_are_both_recorded() {
     let app = spawn_app().await;
@@ -479,6 +506,7 @@ async fn the_fixture_experian_checks_are_both_recorded() {
     .await;
     assert_eq!(checks.len(), 2);
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Fixture order independence
@@ -500,6 +528,7 @@ async fn projection_after(order: &[usize]) -> (Value, Value, Value) {
     (customers, carol, bob)
 }
 
+backends! {
 #[tokio::test]
 async fn the_fixture_projection_does_not_depend_on_arrival_order() {
     let in_name_order: Vec<usize> = (0..12).collect();
@@ -556,4 +585,5 @@ async fn the_fixture_projection_does_not_depend_on_arrival_order() {
             "GET /customers after order {order:?}"
         );
     }
+}
 }

@@ -8,6 +8,7 @@
 //! On failure proptest prints the minimal failing history and records its seed in
 //! `tests/it/properties.proptest-regressions`, so that the next run replays it first.
 
+use crate::common::matrix::{Backend, storage_table_for};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use rebilly_webhookd::auth::AuthenticatedBody;
@@ -459,7 +460,7 @@ struct Outcome {
     listed: Vec<String>,
 }
 
-fn deliver_all(scenario: &Scenario) -> Outcome {
+fn deliver_all(scenario: &Scenario, backend: Backend) -> Outcome {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -475,14 +476,7 @@ fn deliver_all(scenario: &Scenario) -> Outcome {
         .unwrap();
         let config = dir.path().join("config.toml");
         let db = dir.path().join("p.db");
-        std::fs::write(
-            &config,
-            format!(
-                "[storage]\npath = \"{}\"\nsynchronous = \"normal\"\n",
-                db.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, storage_table_for(backend, &db)).unwrap();
         let settings = Settings::load(Some(&config)).unwrap();
         let store = Store::open(&settings.storage).unwrap();
         let pipeline = Pipeline::new(store.clone());
@@ -600,14 +594,14 @@ fn merged_away(scenario: &Scenario) -> HashSet<&'static str> {
         .collect()
 }
 
-fn check(scenario: &Scenario) -> Result<(), TestCaseError> {
+fn check(scenario: &Scenario, backend: Backend) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let expected: Vec<Status> = scenario
         .order
         .iter()
         .map(|&index| model.deliver(&scenario.deliveries[index], index))
         .collect();
-    let actual = deliver_all(scenario);
+    let actual = deliver_all(scenario, backend);
 
     for (n, (&index, (want, got))) in scenario
         .order
@@ -656,19 +650,43 @@ fn check(scenario: &Scenario) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        // `PROPTEST_CASES=20000 cargo test --test it properties` searches further.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512),
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
-        ..ProptestConfig::default()
-    })]
+/// The property runs on each backend; PostgreSQL's cases each create a database, so it draws
+/// fewer of them unless `PROPTEST_POSTGRES_CASES` says otherwise.
+mod every_delivery_gets_the_status_the_rules_give_and_the_projection_follows {
+    use super::*;
+
+    fn config(variable: &str, default: u32) -> ProptestConfig {
+        ProptestConfig {
+            // `PROPTEST_CASES=20000 cargo test --test it properties` searches further.
+            cases: std::env::var(variable)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default),
+            failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+                "proptest-regressions",
+            ))),
+            source_file: Some(file!()),
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn run_on(backend: Backend, config: ProptestConfig) {
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        if let Err(failure) = runner.run(&scenario(), |scenario| check(&scenario, backend)) {
+            panic!("{failure}");
+        }
+    }
 
     #[test]
-    fn every_delivery_gets_the_status_the_rules_give_and_the_projection_follows(
-        scenario in scenario()
-    ) {
-        check(&scenario)?;
+    fn sqlite() {
+        run_on(Backend::Sqlite, config("PROPTEST_CASES", 512));
+    }
+
+    #[test]
+    fn postgres() {
+        if crate::common::postgres::available_now() {
+            run_on(Backend::Postgres, config("PROPTEST_POSTGRES_CASES", 48));
+        }
     }
 }
 
@@ -720,5 +738,5 @@ fn the_model_agrees_with_hand_worked_cases() {
         0
     );
     assert_eq!(model.customers["cus_a"].merged_into, Some("cus_b"));
-    check(&scenario).unwrap();
+    check(&scenario, Backend::Sqlite).unwrap();
 }

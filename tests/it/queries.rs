@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 // Single customer and authentication
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn an_unknown_customer_is_a_404_problem() {
     let app = spawn_app().await;
@@ -26,7 +27,9 @@ async fn an_unknown_customer_is_a_404_problem() {
     assert_eq!(body["status"], 404);
     assert!(body["detail"].as_str().unwrap().contains("cus_nobody"));
 }
+}
 
+backends! {
 #[tokio::test]
 async fn the_query_api_requires_the_bearer_token() {
     let app = spawn_app().await;
@@ -56,6 +59,7 @@ async fn the_query_api_requires_the_bearer_token() {
         let right = app.api_get(path).await;
         assert_eq!(right.status(), 200, "{path} with the token");
     }
+}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,6 +156,7 @@ fn sorted_ids(people: &[&Person]) -> Vec<String> {
     ids
 }
 
+backends! {
 #[tokio::test]
 async fn paging_walks_every_customer_exactly_once() {
     let (app, people) = app_with_people().await;
@@ -193,7 +198,9 @@ async fn paging_walks_every_customer_exactly_once() {
     let unique: BTreeSet<&String> = sorted_walk.iter().collect();
     assert_eq!(unique.len(), 25, "{sorted_walk:?}");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn list_defaults_and_limits_follow_rebilly() {
     let (app, _) = app_with_people().await;
@@ -224,7 +231,9 @@ async fn list_defaults_and_limits_follow_rebilly() {
     }
     assert_bad_query(&app, "/customers?offset=-3", "offset").await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn lists_sort_ascending_and_descending_with_stable_ties() {
     let (app, people) = app_with_people().await;
@@ -255,7 +264,9 @@ async fn lists_sort_ascending_and_descending_with_stable_ties() {
     let expected: Vec<String> = expected.iter().take(3).map(|p| p.id.clone()).collect();
     assert_eq!(descending_last, expected);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn lists_filter_by_field_values() {
     let (app, people) = app_with_people().await;
@@ -287,7 +298,9 @@ async fn lists_filter_by_field_values() {
 
     assert!(list(&app, "/customers?filter=country:ZZ").await.is_empty());
 }
+}
 
+backends! {
 #[tokio::test]
 async fn bad_list_queries_are_400_problems_naming_the_culprit() {
     let (app, _) = app_with_people().await;
@@ -299,7 +312,9 @@ async fn bad_list_queries_are_400_problems_naming_the_culprit() {
     assert_bad_query(&app, "/customers?colour=red", "colour").await;
     assert_bad_query(&app, "/events?colour=red", "colour").await;
 }
+}
 
+backends! {
 #[tokio::test]
 async fn q_finds_partial_case_insensitive_matches_in_names_and_emails() {
     let (app, people) = app_with_people().await;
@@ -337,7 +352,9 @@ async fn q_finds_partial_case_insensitive_matches_in_names_and_emails() {
     assert!(list(&app, "/customers?q=%25").await.is_empty());
     assert!(list(&app, "/customers?q=_").await.is_empty());
 }
+}
 
+backends! {
 #[tokio::test]
 async fn fields_limits_the_returned_fields() {
     let (app, people) = app_with_people().await;
@@ -365,11 +382,13 @@ async fn fields_limits_the_returned_fields() {
         assert_bad_query(&app, &format!("/customers?{bad}"), "fields").await;
     }
 }
+}
 
 // ---------------------------------------------------------------------------------------------
 // GET /events
 // ---------------------------------------------------------------------------------------------
 
+backends! {
 #[tokio::test]
 async fn events_are_listed_newest_first_with_filters() {
     let app = spawn_app().await;
@@ -478,4 +497,5 @@ async fn events_are_listed_newest_first_with_filters() {
 
     assert_bad_query(&app, "/events?status=exploded", "status").await;
     assert_bad_query(&app, "/events?limit=1001", "limit").await;
+}
 }

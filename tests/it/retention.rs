@@ -3,13 +3,11 @@
 
 use crate::common::{self, *};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::time::Duration;
 
 /// The log without its bodies: what pruning and rebuilding must leave as it was.
-fn event_metadata(db: &Path) -> Vec<Vec<String>> {
-    table(
-        db,
+fn event_metadata(db: &Database) -> Vec<Vec<String>> {
+    db.table(
         "SELECT id, received_ms, event_type, customer_id, revision, status, error, duplicate_of,
                 body_size, projected_revision
          FROM events ORDER BY id",
@@ -17,16 +15,14 @@ fn event_metadata(db: &Path) -> Vec<Vec<String>> {
 }
 
 /// Events without a body (pruned, or byte-identical redeliveries, which never keep one).
-fn bodiless(db: &Path) -> Vec<i64> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut statement = conn
-        .prepare("SELECT id FROM events WHERE body IS NULL ORDER BY id")
-        .unwrap();
-    statement
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+fn bodiless(db: &Database) -> Vec<i64> {
+    db.table("SELECT id FROM events WHERE body IS NULL ORDER BY id")
+        .iter()
+        .map(|row| {
+            let digits: String = row[0].chars().filter(char::is_ascii_digit).collect();
+            digits.parse().expect("an event id")
+        })
+        .collect()
 }
 
 async fn every_customer(app: &TestApp, ids: &[&str]) -> Vec<Value> {
@@ -122,14 +118,16 @@ async fn deliver_prunable_history(app: &TestApp) -> (Vec<u8>, Vec<u8>) {
     (a1, semantic_duplicate)
 }
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_then_rebuilding_reproduces_the_live_projection() {
     let mut app = common::spawn_app().await;
     let (pruned_body, semantic_duplicate) = deliver_prunable_history(&app).await;
     let served_before = every_customer(&app, &CUSTOMERS).await;
-    let table_before = customers_table(&app.db_path);
-    let log_before = event_metadata(&app.db_path);
-    let redeliveries = bodiless(&app.db_path);
+    let db = Database::of_config(&app.config_path);
+    let table_before = db.customers();
+    let log_before = event_metadata(&db);
+    let redeliveries = bodiless(&db);
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     let output = run_cli_async(
@@ -138,26 +136,23 @@ async fn pruning_then_rebuilding_reproduces_the_live_projection() {
     )
     .await;
     assert_success(&output);
-    let mut pruned = bodiless(&app.db_path);
+    let mut pruned = bodiless(&db);
     pruned.retain(|id| !redeliveries.contains(id));
     assert!(
         pruned.len() >= 10,
         "most bodies were superseded: {pruned:?}"
     );
     assert_eq!(stdout_json(&output)["pruned"], pruned.len());
-    assert_eq!(customers_table(&app.db_path), table_before);
+    assert_eq!(db.customers(), table_before);
     app.stop().await;
 
     // Rebuild from the log alone, with the projection gone.
-    rusqlite::Connection::open(&app.db_path)
-        .unwrap()
-        .execute_batch("DELETE FROM customers;")
-        .unwrap();
+    db.execute("DELETE FROM customers");
     let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
     assert_success(&output);
     assert_eq!(stdout_json(&output)["skippedUnparsable"], json!([]));
-    assert_eq!(customers_table(&app.db_path), table_before);
-    assert_eq!(event_metadata(&app.db_path), log_before);
+    assert_eq!(db.customers(), table_before);
+    assert_eq!(event_metadata(&db), log_before);
     // A second pruning pass finds nothing more, and rebuilding again changes nothing.
     let output = run_cli_async(
         &app.config_path,
@@ -177,7 +172,9 @@ async fn pruning_then_rebuilding_reproduces_the_live_projection() {
     let late = customer_event("customer-updated", "cus_ret_dup", 9, json!({}));
     assert_eq!(status_of(&app, late).await, "stale");
 }
+}
 
+backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_no_longer_parses_fails_the_rebuild_unless_skipped() {
     let mut app = common::spawn_app().await;
@@ -195,23 +192,19 @@ async fn a_body_that_no_longer_parses_fails_the_rebuild_unless_skipped() {
     )
     .await;
     app.stop().await;
-    let table_before = customers_table(&app.db_path);
+    let db = Database::of_config(&app.config_path);
+    let table_before = db.customers();
     // A body stored by an older release that this one no longer reads.
-    rusqlite::Connection::open(&app.db_path)
-        .unwrap()
-        .execute(
-            "UPDATE events SET body = CAST('{\"eventType\": \"customer-created\"' AS BLOB)
-             WHERE id = ?1",
-            [superseded],
-        )
-        .unwrap();
-    rusqlite::Connection::open(&app.db_path)
-        .unwrap()
-        .execute(
-            "UPDATE customers SET snapshot = '{}' WHERE id = 'cus_unparsable'",
-            [],
-        )
-        .unwrap();
+    let truncated = "'{\"eventType\": \"customer-created\"'";
+    let stored = if db.is_postgres() {
+        format!("convert_to({truncated}, 'UTF8')")
+    } else {
+        format!("CAST({truncated} AS BLOB)")
+    };
+    db.execute(&format!(
+        "UPDATE events SET body = {stored} WHERE id = {superseded}"
+    ));
+    db.execute("UPDATE customers SET snapshot = '{}' WHERE id = 'cus_unparsable'");
 
     let output = run_cli_async(&app.config_path, &["projection", "rebuild"]).await;
     assert!(
@@ -227,11 +220,7 @@ async fn a_body_that_no_longer_parses_fails_the_rebuild_unless_skipped() {
     assert!(message.contains(&superseded.to_string()), "{message}");
     assert!(message.contains("--skip-unparsable"), "{message}");
     assert!(!message.contains(&current.to_string()), "{message}");
-    assert_ne!(
-        customers_table(&app.db_path),
-        table_before,
-        "nothing was changed"
-    );
+    assert_ne!(db.customers(), table_before, "nothing was changed");
 
     let output = run_cli_async(
         &app.config_path,
@@ -242,5 +231,6 @@ async fn a_body_that_no_longer_parses_fails_the_rebuild_unless_skipped() {
     let report = stdout_json(&output);
     assert_eq!(report["skippedUnparsable"], json!([superseded]), "{report}");
     assert_eq!(report["replayed"], 1, "{report}");
-    assert_eq!(customers_table(&app.db_path), table_before);
+    assert_eq!(db.customers(), table_before);
+}
 }

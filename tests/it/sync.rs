@@ -28,8 +28,8 @@ impl Local {
     async fn new(fake: &FakeRebilly, api_key: &str, page_size: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[storage]\npath = \"{}\"\nsynchronous = \"normal\"\n{}",
-            dir.path().join("sync.db").display(),
+            "{}{}",
+            common::matrix::storage_table(&dir.path().join("sync.db")),
             fake.config(api_key, page_size)
         );
         let config = write_config(dir.path(), &text);
@@ -104,6 +104,7 @@ fn assert_exact(projection: &BTreeMap<String, Value>, fake: &FakeRebilly) {
     }
 }
 
+backends! {
 #[tokio::test]
 async fn a_backfill_of_thousands_is_complete_and_exact() {
     let fake = FakeRebilly::start().await;
@@ -131,7 +132,9 @@ async fn a_backfill_of_thousands_is_complete_and_exact() {
         assert!(served.offset < 3_000, "offsets stay within one timestamp");
     }
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_repeated_sync_fetches_only_the_changes_and_logs_nothing_new_without_them() {
     let fake = FakeRebilly::start().await;
@@ -173,7 +176,9 @@ async fn a_repeated_sync_fetches_only_the_changes_and_logs_nothing_new_without_t
     local.store.rebuild_projection(false).await.unwrap();
     assert_eq!(local.projection().await, live);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn customers_changing_between_pages_are_all_projected_at_their_newest_revision() {
     let fake = FakeRebilly::start().await;
@@ -196,7 +201,9 @@ async fn customers_changing_between_pages_are_all_projected_at_their_newest_revi
 
     assert_exact(&local.projection().await, &fake);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn throttling_slow_pages_and_server_errors_are_survived() {
     let fake = FakeRebilly::start().await;
@@ -241,7 +248,9 @@ async fn throttling_slow_pages_and_server_errors_are_survived() {
         "Rate-Limit-Remaining 0 pauses until Rate-Limit-Reset"
     );
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_sync_that_gives_up_resumes_where_it_stopped() {
     let fake = FakeRebilly::start().await;
@@ -272,7 +281,9 @@ async fn a_sync_that_gives_up_resumes_where_it_stopped() {
     assert_eq!(fake.customers_served(), 203 + 2);
     assert_exact(&local.projection().await, &fake);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_rejected_key_stops_at_once_naming_the_key_with_the_database_unchanged() {
     let fake = FakeRebilly::start().await;
@@ -299,7 +310,9 @@ async fn a_rejected_key_stops_at_once_naming_the_key_with_the_database_unchanged
     let response = app.api_get("/customers/cus_1").await;
     assert_eq!(response.status(), 404);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn an_organization_is_sent_when_configured_and_a_403_names_it() {
     let fake = FakeRebilly::start().await;
@@ -318,7 +331,9 @@ async fn an_organization_is_sent_when_configured_and_a_403_names_it() {
     assert!(error.is_none(), "{error:?}");
     assert_eq!(summary.applied, 1);
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_sync_beside_a_serving_daemon_keeps_every_rule() {
     let fake = FakeRebilly::start().await;
@@ -366,7 +381,9 @@ async fn a_sync_beside_a_serving_daemon_keeps_every_rule() {
     let response = app.api_get("/customers?limit=0").await;
     assert_eq!(header(response.headers(), "pagination-total"), "1999");
 }
+}
 
+backends! {
 #[tokio::test]
 async fn a_webhook_body_cannot_pass_for_a_synced_snapshot() {
     let app = spawn_app().await;
@@ -378,6 +395,7 @@ async fn a_webhook_body_cannot_pass_for_a_synced_snapshot() {
     .unwrap();
     assert_eq!(app.deliver_ok(body).await.1, "ignored");
     assert_eq!(app.api_get("/customers/cus_forged").await.status(), 404);
+}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ async fn deliver_signed(app: &TestApp, signature: &str, body: &[u8]) -> reqwest:
         .unwrap()
 }
 
+backends! {
 #[tokio::test]
 async fn the_daemon_accepts_the_published_signature_and_refuses_a_changed_body() {
     let app = daemon_with_the_published_secret().await;
@@ -58,4 +59,5 @@ async fn the_daemon_accepts_the_published_signature_and_refuses_a_changed_body()
     assert_eq!(response.status(), 401);
     let (_, total) = events(&app, "").await;
     assert_eq!(total, 1, "only the authenticated body is stored");
+}
 }

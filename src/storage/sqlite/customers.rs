@@ -2,57 +2,29 @@
 //! paging, each served as the snapshot plus `mergedInto` and `experianCheck`.
 
 use super::StorageError;
-use super::filter_sql::{self, Column, Sql};
 use crate::query::{CustomerField, CustomerQuery};
+use crate::storage::customer_view::{
+    VIEW_COLUMNS, column, customer_view, escape_like, keep_fields,
+};
+use crate::storage::filter_sql::{self, Column, Dialect, Param, Sql};
 use crate::storage::model::CustomerPage;
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
-/// Where each list field is read: a projection column (date-times as Unix milliseconds, so
-/// that they compare as instants), or a scalar inside the snapshot for fields without one.
-fn column(field: &CustomerField) -> Column {
-    let named = match field {
-        CustomerField::Id => "id",
-        CustomerField::Email => "email",
-        CustomerField::FirstName => "first_name",
-        CustomerField::LastName => "last_name",
-        CustomerField::Organization => "company",
-        CustomerField::Country => "country",
-        CustomerField::City => "city",
-        CustomerField::WebsiteId => "website_id",
-        CustomerField::CreatedTime => "created_ms",
-        CustomerField::UpdatedTime => "updated_ms",
-        CustomerField::Revision => "revision",
-        CustomerField::PostalCode => {
-            return Column::SnapshotScalar("$.primaryAddress.postalCode".to_owned());
-        }
-        CustomerField::Region => {
-            return Column::SnapshotScalar("$.primaryAddress.region".to_owned());
-        }
-        // The name was checked to be letters, digits, `_` and `-`; it is bound, not spliced.
-        CustomerField::Custom(name) => {
-            return Column::SnapshotScalar(format!("$.customFields.\"{}\"", name.as_str()));
-        }
-    };
-    Column::Named(named)
-}
-
 /// The `WHERE` clause and its values. Merged-away customers, and ids known only from an
 /// Experian check without a snapshot, are not listed; the list indexes carry that condition.
 fn condition(query: &CustomerQuery) -> (String, Vec<rusqlite::types::Value>) {
-    let mut sql = Sql {
-        text: "merged_into IS NULL AND snapshot IS NOT NULL".to_owned(),
-        params: Vec::new(),
-    };
+    let mut sql = Sql::new(
+        Dialect::Sqlite,
+        "merged_into IS NULL AND snapshot IS NOT NULL",
+    );
     filter_sql::and_filter(&mut sql, &query.filter, column);
     if let Some(search) = &query.search {
-        sql.text.push_str(" AND search LIKE ? ESCAPE '\\'");
-        sql.params.push(rusqlite::types::Value::Text(format!(
-            "%{}%",
-            escape_like(search)
-        )));
+        sql.push(" AND search LIKE ");
+        sql.bind(Param::Text(format!("%{}%", escape_like(search))));
+        sql.push(" ESCAPE '\\'");
     }
-    (sql.text, sql.params)
+    (sql.text, sql.params.into_iter().map(Into::into).collect())
 }
 
 fn order(query: &CustomerQuery) -> String {
@@ -78,57 +50,6 @@ fn order(query: &CustomerQuery) -> String {
     }
     terms.join(", ")
 }
-
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-/// The customer as served: the snapshot plus `mergedInto` and `experianCheck`.
-fn customer_view(
-    id: &str,
-    snapshot: Option<&str>,
-    merged_into: Option<String>,
-    experian_check: Option<&str>,
-) -> Map<String, Value> {
-    let mut view = snapshot
-        .and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok())
-        .unwrap_or_else(|| {
-            let mut only_id = Map::new();
-            only_id.insert("id".into(), Value::String(id.to_owned()));
-            only_id
-        });
-    view.insert(
-        "mergedInto".into(),
-        merged_into.map(Value::String).unwrap_or(Value::Null),
-    );
-    view.insert(
-        "experianCheck".into(),
-        experian_check
-            .and_then(|c| serde_json::from_str(c).ok())
-            .unwrap_or(Value::Null),
-    );
-    view
-}
-
-fn keep_fields(view: Map<String, Value>, fields: Option<&[String]>) -> Value {
-    match fields {
-        None => Value::Object(view),
-        Some(fields) => Value::Object(
-            view.into_iter()
-                .filter(|(key, _)| fields.iter().any(|f| f == key))
-                .collect(),
-        ),
-    }
-}
-
-const VIEW_COLUMNS: &str = "id, snapshot, merged_into, experian_check";
 
 fn view_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Map<String, Value>> {
     let id: String = row.get(0)?;
@@ -199,11 +120,6 @@ mod tests {
     }
 
     #[test]
-    fn search_text_is_escaped_for_like() {
-        assert_eq!(escape_like("50%_a\\"), "50\\%\\_a\\\\");
-    }
-
-    #[test]
     fn the_total_and_the_page_come_from_one_snapshot() {
         let db = crate::storage::sqlite::test_support::TestDb::new();
         db.connect()
@@ -224,12 +140,5 @@ mod tests {
         // The writes did land meanwhile: a later read sees them.
         let later = list(&db.connect(), &query).unwrap();
         assert!(later.total > page.total, "{later:?}");
-    }
-
-    #[test]
-    fn fields_limit_the_view() {
-        let view = customer_view("c", Some(r#"{"id":"c","email":"e","x":1}"#), None, None);
-        let kept = keep_fields(view, Some(&["id".to_owned(), "mergedInto".to_owned()]));
-        assert_eq!(kept, serde_json::json!({"id": "c", "mergedInto": null}));
     }
 }

@@ -1,10 +1,10 @@
 //! The event log's SQL: inserting rows, claiming dedupe keys, listing and inspecting events.
 
-use super::filter_sql::{self, Column, Sql};
 use super::{Status, StorageError};
 use crate::clock::rfc3339_ms;
 use crate::config::HandlerStart;
 use crate::query::{EventField, EventQuery};
+use crate::storage::filter_sql::{self, Column, Dialect, Sql};
 use crate::storage::model::{EventDetail, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -158,15 +158,11 @@ pub fn list(
     conn: &Connection,
     query: &EventQuery,
 ) -> Result<(Vec<EventRecord>, u64), StorageError> {
-    let mut condition = Sql {
-        text: "1".to_owned(),
-        params: Vec::new(),
-    };
+    let mut condition = Sql::new(Dialect::Sqlite, "1");
     filter_sql::and_filter(&mut condition, &query.filter, column);
-    let Sql {
-        text: condition,
-        params: mut values,
-    } = condition;
+    let mut values: Vec<rusqlite::types::Value> =
+        condition.params.into_iter().map(Into::into).collect();
+    let condition = condition.text;
     // The total and the page come from one snapshot, so that they agree under writes.
     let tx = conn.unchecked_transaction()?;
     let total: u64 = tx

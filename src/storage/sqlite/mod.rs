@@ -8,7 +8,6 @@
 mod connection;
 mod customers;
 mod events;
-mod filter_sql;
 mod handler_state;
 mod migrations;
 mod projection;
@@ -420,7 +419,13 @@ mod tests {
 
     fn capped_settings(dir: &std::path::Path, max_size_bytes: u64) -> StorageSettings {
         StorageSettings {
+            backend: crate::config::StorageBackend::Sqlite,
             path: dir.join("capped.db"),
+            url: None,
+            password: None,
+            max_connections: 1,
+            connect_timeout_seconds: 1,
+            tls_ca_file: None,
             synchronous: Synchronous::Normal,
             queue_capacity: 64,
             max_batch: 16,
