@@ -72,7 +72,7 @@ pub async fn rebuild(
             };
             let (keys, prepared) = prepare(&body, Some(&event));
             let mut scratch = EventRow::new(id, 0, None);
-            classify(tx, &mut scratch, &keys, &event, &prepared).await?;
+            classify(tx, &mut scratch, &keys, &event, &prepared, &[]).await?;
             report.replayed += 1;
             if report.replayed % PROGRESS_EVERY == 0 {
                 progress(report.replayed, to_replay);

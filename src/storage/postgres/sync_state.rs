@@ -28,7 +28,7 @@ pub async fn apply_page(
     let mut page = SyncedPage::default();
     for delivery in deliveries {
         let savepoint = tx.savepoint("snapshot").await?;
-        let mut row = classified_row(&savepoint, next_id, delivery).await?;
+        let mut row = classified_row(&savepoint, next_id, delivery, &[]).await?;
         match row.status {
             Status::Applied | Status::Rejected => {
                 if row.status == Status::Applied {

@@ -235,7 +235,7 @@ async fn record_batch(
     let mut rows = Vec::with_capacity(batch.len());
     for delivery in batch {
         if !careful {
-            let row = classified_row(tx, next_id, delivery).await?;
+            let row = classified_row(tx, next_id, delivery, &rows).await?;
             answers.push(Ok(Ingested {
                 event_id: next_id,
                 status: row.status,
@@ -245,7 +245,7 @@ async fn record_batch(
             continue;
         }
         let savepoint = tx.savepoint("delivery").await?;
-        let recorded = match classified_row(&savepoint, next_id, delivery).await {
+        let recorded = match classified_row(&savepoint, next_id, delivery, &[]).await {
             Ok(row) => log::insert(&savepoint, &[&row]).await.map(|()| row),
             Err(error) => Err(error),
         };
@@ -281,10 +281,12 @@ async fn record_batch(
 }
 
 /// The log row of one delivery, once its dedupe keys are claimed and the projection applied.
+/// `pending` holds the rows of the batch not yet inserted, which a duplicate may point at.
 pub async fn classified_row<'a>(
     tx: &Transaction<'_>,
     id: i64,
     delivery: &'a Delivery,
+    pending: &[EventRow<'_>],
 ) -> Result<EventRow<'a>, tokio_postgres::Error> {
     let inner = &delivery.inner;
     let mut row = EventRow::new(id, inner.received_ms, Some(&inner.body));
@@ -294,7 +296,15 @@ pub async fn classified_row<'a>(
             row.event_type = Some(event.event_type());
             row.customer_id = event.customer_id().map(|c| c.as_str());
             row.revision = event.revision().map(|r| r.get());
-            classify(tx, &mut row, &delivery.keys, event, &delivery.prepared).await?;
+            classify(
+                tx,
+                &mut row,
+                &delivery.keys,
+                event,
+                &delivery.prepared,
+                pending,
+            )
+            .await?;
             if row.status == Status::Applied {
                 row.customers = touched(event);
                 row.projected_revision = match event {
@@ -326,6 +336,7 @@ pub async fn classify(
     keys: &DedupeKeys,
     event: &Event,
     prepared: &Encoded,
+    pending: &[EventRow<'_>],
 ) -> Result<(), tokio_postgres::Error> {
     let key = keys.key().as_slice();
     let claimed = match event {
@@ -344,7 +355,12 @@ pub async fn classify(
             // When the original holds these very bytes, keeping them twice would only cost space.
             let same_bytes = match (keys, row.body) {
                 (DedupeKeys::Body(_), _) => true,
-                (DedupeKeys::Semantic(_), Some(body)) => log::has_body(tx, original, body).await?,
+                (DedupeKeys::Semantic(_), Some(body)) => {
+                    match pending.iter().find(|row| row.id == original) {
+                        Some(row) => row.body == Some(body),
+                        None => log::has_body(tx, original, body).await?,
+                    }
+                }
                 (DedupeKeys::Semantic(_), None) => false,
             };
             if same_bytes {
