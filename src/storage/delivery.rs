@@ -2,10 +2,59 @@
 //! (its dedupe key, the encoded snapshots, the customers it touches) computed on the request's
 //! own task, so that a writer spends its time on the database only.
 
-use super::NewDelivery;
-use crate::event::Event;
+use super::{Ingested, NewDelivery, Status, StorageError};
+use crate::event::{Event, ParseError};
 use crate::handlers::projection::Encoded;
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+/// A writer's answer to one delivery. The delivery travels back with it, so that its memory
+/// (the parsed event, the body) is freed on the request's task instead of on the busy writer.
+pub type Answer = (Result<Ingested, StorageError>, Box<Delivery>);
+pub type Reply = oneshot::Sender<Answer>;
+
+/// Hands `delivery` to a writer's queue at once and waits for its answer; a full queue is
+/// answered at once with [`StorageError::Overloaded`].
+pub async fn submit_now<C>(
+    commands: &mpsc::Sender<C>,
+    delivery: NewDelivery,
+    command: impl FnOnce(Box<Delivery>, Reply) -> C,
+) -> Result<Ingested, StorageError> {
+    let (reply, answer) = oneshot::channel();
+    commands
+        .try_send(command(Box::new(Delivery::new(delivery)), reply))
+        .map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => StorageError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
+        })?;
+    received(answer.await)
+}
+
+/// Queues `delivery`, waiting for room instead of refusing (offline replay); the returned
+/// future yields the answer. Deliveries queued one after the other keep their order.
+pub async fn submit_waiting<C, F>(
+    commands: &mpsc::Sender<C>,
+    delivery: NewDelivery,
+    command: F,
+) -> Result<impl Future<Output = Result<Ingested, StorageError>> + use<C, F>, StorageError>
+where
+    F: FnOnce(Box<Delivery>, Reply) -> C,
+{
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(command(Box::new(Delivery::new(delivery)), reply))
+        .await
+        .map_err(|_| StorageError::WriterGone)?;
+    Ok(async move { received(answer.await) })
+}
+
+/// Unpacks a writer's answer; the returned delivery is dropped here, on the caller's task.
+fn received(answer: Result<Answer, oneshot::error::RecvError>) -> Result<Ingested, StorageError> {
+    match answer {
+        Ok((result, _delivery)) => result,
+        Err(_) => Err(StorageError::WriterGone),
+    }
+}
 
 /// A delivery with everything that needs no database (hashes, encoded snapshots) computed on
 /// the request's own task, so that a writer spends its time on the database.
@@ -93,6 +142,57 @@ pub fn touched(event: &Event) -> Vec<&str> {
     customers.sort_unstable();
     customers.dedup();
     customers
+}
+
+/// The `source` of events fetched by `sync`; every other event is a webhook delivery.
+pub const SYNC_SOURCE: &str = "sync";
+pub const WEBHOOK_SOURCE: &str = "webhook";
+
+/// One row of the event log as the writer records it.
+pub struct EventRow<'a> {
+    pub id: i64,
+    pub received_ms: i64,
+    pub event_type: Option<&'a str>,
+    pub customer_id: Option<&'a str>,
+    pub revision: Option<i64>,
+    pub status: Status,
+    pub error: Option<String>,
+    pub error_field: Option<String>,
+    pub duplicate_of: Option<i64>,
+    /// What the projection held for `customer_id` once the event was applied.
+    pub projected_revision: Option<i64>,
+    pub body: Option<&'a [u8]>,
+    pub source: &'static str,
+    /// Every customer the event touches, recorded when it was applied.
+    pub customers: Vec<&'a str>,
+}
+
+impl<'a> EventRow<'a> {
+    /// A row not yet classified: `rejected` until the writer decides otherwise.
+    pub fn new(id: i64, received_ms: i64, body: Option<&'a [u8]>) -> Self {
+        Self {
+            id,
+            received_ms,
+            event_type: None,
+            customer_id: None,
+            revision: None,
+            status: Status::Rejected,
+            error: None,
+            error_field: None,
+            duplicate_of: None,
+            projected_revision: None,
+            body,
+            source: WEBHOOK_SOURCE,
+            customers: Vec::new(),
+        }
+    }
+
+    /// Records that the body could not be used, and why.
+    pub fn reject(&mut self, error: &ParseError) {
+        self.status = Status::Rejected;
+        self.error = Some(error.to_string());
+        self.error_field = error.field().map(str::to_owned);
+    }
 }
 
 #[cfg(test)]

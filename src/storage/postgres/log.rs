@@ -1,7 +1,7 @@
 //! The event log's writes on PostgreSQL: claiming dedupe keys, recording the customers an
 //! event touches, and inserting the rows of a batch.
 
-use crate::storage::Status;
+use crate::storage::delivery::EventRow;
 use deadpool_postgres::Transaction;
 use std::borrow::Cow;
 use tokio_postgres::Error;
@@ -20,50 +20,6 @@ pub fn text(value: &str) -> Cow<'_, str> {
 /// [`text`] of an optional value.
 pub fn optional_text(value: Option<&str>) -> Option<Cow<'_, str>> {
     value.map(text)
-}
-
-/// The `source` of events fetched by `sync`; every other event is a webhook delivery.
-pub const SYNC_SOURCE: &str = "sync";
-pub const WEBHOOK_SOURCE: &str = "webhook";
-
-/// One row of the event log as the writer records it.
-pub struct EventRow<'a> {
-    pub id: i64,
-    pub received_ms: i64,
-    pub event_type: Option<&'a str>,
-    pub customer_id: Option<&'a str>,
-    pub revision: Option<i64>,
-    pub status: Status,
-    pub error: Option<String>,
-    pub error_field: Option<String>,
-    pub duplicate_of: Option<i64>,
-    /// What the projection held for `customer_id` once the event was applied.
-    pub projected_revision: Option<i64>,
-    pub body: Option<&'a [u8]>,
-    pub source: &'static str,
-    /// Every customer the event touches, recorded when it was applied.
-    pub customers: Vec<&'a str>,
-}
-
-impl<'a> EventRow<'a> {
-    /// A row not yet classified: `rejected` until the writer decides otherwise.
-    pub fn new(id: i64, received_ms: i64, body: Option<&'a [u8]>) -> Self {
-        Self {
-            id,
-            received_ms,
-            event_type: None,
-            customer_id: None,
-            revision: None,
-            status: Status::Rejected,
-            error: None,
-            error_field: None,
-            duplicate_of: None,
-            projected_revision: None,
-            body,
-            source: WEBHOOK_SOURCE,
-            customers: Vec::new(),
-        }
-    }
 }
 
 /// Inserts the rows of a batch, and the customers each touches, with two statements sent

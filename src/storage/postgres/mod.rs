@@ -21,7 +21,7 @@ pub use connection::{authorities, check_url};
 pub use handler_state::LEASE_MS as HANDLER_LEASE_MS;
 
 use super::StorageError;
-use super::delivery::Delivery;
+use super::delivery::{Delivery, submit_now, submit_waiting};
 use super::model::{
     CustomerPage, EventDetail, EventRecord, HandlerStats, Ingested, NewDelivery, Outcome, PruneKey,
     PruneStep, RebuildReport, SyncedPage, Work,
@@ -93,16 +93,6 @@ impl Drop for Shared {
     }
 }
 
-/// Unpacks the writer's answer; the returned delivery is dropped here, on the caller's task.
-fn received(
-    answer: Result<writer::Answer, oneshot::error::RecvError>,
-) -> Result<Ingested, StorageError> {
-    match answer {
-        Ok((result, _delivery)) => result,
-        Err(_) => Err(StorageError::WriterGone),
-    }
-}
-
 /// The PostgreSQL store; cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
@@ -160,16 +150,7 @@ impl PgStore {
     /// Stores a delivery and applies it to the projection; answers once the commit is durable.
     /// A full queue is answered at once with [`StorageError::Overloaded`].
     pub async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
-        self.shared
-            .commands
-            .try_send(command)
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => StorageError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
-            })?;
-        received(answer.await)
+        submit_now(&self.shared.commands, delivery, Command::Ingest).await
     }
 
     /// Queues a delivery, waiting for room instead of refusing (offline replay). Deliveries
@@ -178,14 +159,7 @@ impl PgStore {
         &self,
         delivery: NewDelivery,
     ) -> Result<impl Future<Output = Result<Ingested, StorageError>> + use<>, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
-        self.shared
-            .commands
-            .send(command)
-            .await
-            .map_err(|_| StorageError::WriterGone)?;
-        Ok(async move { received(answer.await) })
+        submit_waiting(&self.shared.commands, delivery, Command::Ingest).await
     }
 
     /// Applies a page of snapshots fetched by `sync` through the projection rules, and stores

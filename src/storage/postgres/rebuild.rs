@@ -4,10 +4,10 @@
 //! rules, statuses left as history, keys of pruned events kept, all or nothing. It holds the
 //! log's lock throughout, so no daemon records an event in the middle of it.
 
-use super::log::{EventRow, SYNC_SOURCE};
 use super::writer::{classify, lock_log};
 use crate::storage::StorageError;
 use crate::storage::delivery::prepare;
+use crate::storage::delivery::{EventRow, SYNC_SOURCE};
 use crate::storage::model::RebuildReport;
 use deadpool_postgres::Transaction;
 

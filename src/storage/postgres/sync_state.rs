@@ -2,9 +2,10 @@
 //! cursor that covers it, in one transaction, and the cursor read back when the next sync
 //! starts.
 
-use super::log::{self, SYNC_SOURCE};
+use super::log;
 use super::writer::{classified_row, lock_log, notify};
 use crate::storage::delivery::Delivery;
+use crate::storage::delivery::SYNC_SOURCE;
 use crate::storage::model::SyncedPage;
 use crate::storage::{Status, StorageError};
 use deadpool_postgres::Transaction;

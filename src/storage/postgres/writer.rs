@@ -13,12 +13,12 @@
 //! failures) run the batch again; a lost or refused connection fails the batch (every request
 //! is told to retry), and the next batch takes a fresh connection: the writer never stops.
 
-use super::log::{self, EventRow};
+use super::log;
 use super::projection::{self, Claimed};
-use crate::event::{Event, ParseError};
+use crate::event::Event;
 use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
-use crate::storage::delivery::{DedupeKeys, Delivery, touched};
+use crate::storage::delivery::{DedupeKeys, Delivery, EventRow, Reply, touched};
 use crate::storage::{Ingested, Status, StorageError};
 use crate::telemetry;
 use deadpool_postgres::{Object, Pool, Transaction};
@@ -32,10 +32,7 @@ pub const COMMITTED_CHANNEL: &str = "rebilly_webhookd_committed";
 /// Attempts of one transaction that keeps losing to concurrent ones.
 pub const CONFLICT_ATTEMPTS: u32 = 5;
 
-/// The answer travels back with the delivery, freed on the request's task.
-pub type Answer = (Result<Ingested, StorageError>, Box<Delivery>);
-type Reply = oneshot::Sender<Answer>;
-
+/// What the writer task is asked to do.
 pub enum Command {
     Ingest(Box<Delivery>, Reply),
     /// Ends the writer once everything queued before it is committed.
@@ -291,7 +288,7 @@ pub async fn classified_row<'a>(
     let inner = &delivery.inner;
     let mut row = EventRow::new(id, inner.received_ms, Some(&inner.body));
     match &inner.parsed {
-        Err(error) => reject(&mut row, error),
+        Err(error) => row.reject(error),
         Ok(event) => {
             row.event_type = Some(event.event_type());
             row.customer_id = event.customer_id().map(|c| c.as_str());
@@ -321,12 +318,6 @@ pub async fn classified_row<'a>(
         }
     }
     Ok(row)
-}
-
-fn reject(row: &mut EventRow<'_>, error: &ParseError) {
-    row.status = Status::Rejected;
-    row.error = Some(error.to_string());
-    row.error_field = error.field().map(str::to_owned);
 }
 
 /// Dedupe by the delivery's one key (see [`DedupeKeys`]), then the projection.

@@ -1,54 +1,21 @@
 //! The event log's SQL: inserting rows, claiming dedupe keys, listing and inspecting events.
 
-use super::{Status, StorageError};
+use super::StorageError;
 use crate::clock::rfc3339_ms;
 use crate::config::HandlerStart;
 use crate::query::{EventField, EventQuery};
+use crate::storage::delivery::EventRow;
 use crate::storage::filter_sql::{self, Column, Dialect, Sql};
 use crate::storage::model::{EventDetail, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-
-/// One row of the event log as the writer records it.
-pub struct EventRow<'a> {
-    pub id: i64,
-    pub received_ms: i64,
-    pub event_type: Option<&'a str>,
-    pub customer_id: Option<&'a str>,
-    pub revision: Option<i64>,
-    pub status: Status,
-    pub error: Option<String>,
-    pub error_field: Option<String>,
-    pub duplicate_of: Option<i64>,
-    /// What the projection held for `customer_id` once the event was applied.
-    pub projected_revision: Option<i64>,
-    pub body: Option<&'a [u8]>,
-}
-
-impl<'a> EventRow<'a> {
-    /// A row not yet classified: `rejected` until the writer decides otherwise.
-    pub fn new(id: i64, received_ms: i64, body: Option<&'a [u8]>) -> Self {
-        Self {
-            id,
-            received_ms,
-            event_type: None,
-            customer_id: None,
-            revision: None,
-            status: Status::Rejected,
-            error: None,
-            error_field: None,
-            duplicate_of: None,
-            projected_revision: None,
-            body,
-        }
-    }
-}
 
 pub fn insert(conn: &Connection, row: &EventRow<'_>) -> rusqlite::Result<()> {
     let body_size = row.body.map_or(0, <[u8]>::len) as i64;
     conn.prepare_cached(
         "INSERT INTO events (id, received_ms, event_type, customer_id, revision, status, error,
-                             error_field, duplicate_of, body_size, body, projected_revision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                             error_field, duplicate_of, body_size, body, projected_revision,
+                             source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         row.id,
@@ -63,6 +30,7 @@ pub fn insert(conn: &Connection, row: &EventRow<'_>) -> rusqlite::Result<()> {
         body_size,
         row.body,
         row.projected_revision,
+        row.source,
     ])?;
     Ok(())
 }
@@ -90,16 +58,6 @@ pub fn projected_revision(conn: &Connection, customer: &str) -> rusqlite::Result
         .query_row([customer], |r| r.get(0))
         .optional()?
         .flatten())
-}
-
-/// The `source` of events fetched by `sync`; every other event is a webhook delivery.
-pub const SYNC_SOURCE: &str = "sync";
-
-/// Marks a just-inserted event as fetched by `sync`.
-pub fn mark_synced(conn: &Connection, id: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE events SET source = ?2 WHERE id = ?1")?
-        .execute(params![id, SYNC_SOURCE])?;
-    Ok(())
 }
 
 /// Claims a dedupe key for `event_id`; returns the event that already owns it, if any.

@@ -19,7 +19,7 @@ mod writer;
 
 pub use migrations::MIGRATIONS;
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, submit_now, submit_waiting};
 use super::model::{
     CustomerPage, EventDetail, EventRecord, HandlerStats, Ingested, NewDelivery, Outcome, PruneKey,
     PruneStep, RebuildReport, SyncedPage, Work,
@@ -49,16 +49,6 @@ struct Shared {
     /// The id of the newest committed event; asynchronous handlers wait on it.
     committed: watch::Receiver<i64>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// Unpacks the writer's answer; the returned delivery is dropped here, on the caller's task.
-fn received(
-    answer: Result<writer::Answer, oneshot::error::RecvError>,
-) -> Result<Ingested, StorageError> {
-    match answer {
-        Ok((result, _delivery)) => result,
-        Err(_) => Err(StorageError::WriterGone),
-    }
 }
 
 /// The SQLite store; cheap to clone.
@@ -105,16 +95,7 @@ impl SqliteStore {
     /// Stores a delivery and applies it to the projection; answers once the commit is durable.
     /// A full queue is answered at once with [`StorageError::Overloaded`].
     pub async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
-        self.shared
-            .commands
-            .try_send(command)
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => StorageError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
-            })?;
-        received(answer.await)
+        submit_now(&self.shared.commands, delivery, Command::Ingest).await
     }
 
     /// Queues a delivery, waiting for room instead of refusing (offline replay). Deliveries
@@ -123,14 +104,7 @@ impl SqliteStore {
         &self,
         delivery: NewDelivery,
     ) -> Result<impl Future<Output = Result<Ingested, StorageError>> + use<>, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Ingest(Box::new(Delivery::new(delivery)), reply);
-        self.shared
-            .commands
-            .send(command)
-            .await
-            .map_err(|_| StorageError::WriterGone)?;
-        Ok(async move { received(answer.await) })
+        submit_waiting(&self.shared.commands, delivery, Command::Ingest).await
     }
 
     /// Runs `work` in its own write transaction on the writer thread.

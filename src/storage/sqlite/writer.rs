@@ -12,24 +12,23 @@
 //! rate-limited: the log is often on the very disk that is full.
 
 use super::connection::{self, WriterOptions};
-use super::events::{self, EventRow};
+use super::events;
 use super::projection::CustomerProjection;
 use super::{Ingested, NewDelivery, RebuildReport, Status, StorageError};
-use crate::event::{Event, ParseError};
+use crate::event::Event;
 use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
-use crate::storage::delivery::{DedupeKeys, Delivery, prepare, touched};
+use crate::storage::delivery::{
+    DedupeKeys, Delivery, EventRow, Reply, SYNC_SOURCE, prepare, touched,
+};
 use crate::telemetry;
 use rusqlite::{Connection, TransactionBehavior};
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 pub type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-/// The answer travels back with the delivery itself, so that the delivery's memory (the parsed
-/// event, the body) is freed on the request's task instead of on the busy writer thread.
-pub type Answer = (Result<Ingested, StorageError>, Box<Delivery>);
-type Reply = oneshot::Sender<Answer>;
 
+/// What the writer thread is asked to do.
 pub enum Command {
     Ingest(Box<Delivery>, Reply),
     /// Runs on the writer's connection, in its own transaction.
@@ -268,10 +267,10 @@ pub(super) fn ingest_synced(
     delivery: &Delivery,
 ) -> rusqlite::Result<Status> {
     let savepoint = tx.savepoint()?;
-    let row = classified_row(&savepoint, projection, id, delivery)?;
+    let mut row = classified_row(&savepoint, projection, id, delivery)?;
     if matches!(row.status, Status::Applied | Status::Rejected) {
+        row.source = SYNC_SOURCE;
         events::insert(&savepoint, &row)?;
-        events::mark_synced(&savepoint, id)?;
         savepoint.commit()?;
     }
     // Dropping the savepoint otherwise rolls back its dedupe claims.
@@ -292,7 +291,7 @@ fn classified_row<'a>(
     } = &delivery.inner;
     let mut row = EventRow::new(id, *received_ms, Some(body));
     match parsed {
-        Err(error) => reject(&mut row, error),
+        Err(error) => row.reject(error),
         Ok(event) => {
             row.event_type = Some(event.event_type());
             row.customer_id = event.customer_id().map(|c| c.as_str());
@@ -306,7 +305,8 @@ fn classified_row<'a>(
                 &delivery.prepared,
             )?;
             if row.status == Status::Applied {
-                events::record_customers(conn, id, &touched(event))?;
+                row.customers = touched(event);
+                events::record_customers(conn, id, &row.customers)?;
                 if let Some(customer) = row.customer_id {
                     row.projected_revision = events::projected_revision(conn, customer)?;
                 }
@@ -314,12 +314,6 @@ fn classified_row<'a>(
         }
     }
     Ok(row)
-}
-
-fn reject(row: &mut EventRow<'_>, error: &ParseError) {
-    row.status = Status::Rejected;
-    row.error = Some(error.to_string());
-    row.error_field = error.field().map(str::to_owned);
 }
 
 fn classify(
@@ -409,7 +403,7 @@ pub fn rebuild_projection(
             let id: i64 = row.get(0)?;
             let body: Vec<u8> = row.get(1)?;
             let source: String = row.get(2)?;
-            let parsed = if source == events::SYNC_SOURCE {
+            let parsed = if source == SYNC_SOURCE {
                 crate::event::parse_synced(&body)
             } else {
                 crate::event::parse(&body)
