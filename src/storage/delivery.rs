@@ -5,7 +5,10 @@
 use super::{Ingested, NewDelivery, Status, StorageError};
 use crate::event::{Event, ParseError};
 use crate::handlers::projection::Encoded;
+use crate::log_limit::{self, LogLimit};
+use crate::telemetry;
 use sha2::{Digest, Sha256};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// A writer's answer to one delivery. The delivery travels back with it, so that its memory
@@ -46,6 +49,57 @@ where
         .await
         .map_err(|_| StorageError::WriterGone)?;
     Ok(async move { received(answer.await) })
+}
+
+/// A writer's batch: each delivery with the request waiting for its answer.
+pub type Batch = Vec<(Box<Delivery>, Reply)>;
+
+/// Failed batches, logged at most once per interval.
+static BATCH_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
+
+/// Answers every request of a committed batch and records the batch's metrics; says so once
+/// when writes flow again after `failed_batches` failures (then counts from zero).
+pub fn answer_committed(
+    batch: &mut Batch,
+    answers: Vec<Result<Ingested, StorageError>>,
+    last_id: i64,
+    started: Instant,
+    failed_batches: &mut u64,
+) {
+    telemetry::record_batch(batch.len(), started.elapsed());
+    telemetry::record_log_size(last_id);
+    for ((delivery, reply), answer) in batch.drain(..).zip(answers) {
+        let _ = reply.send((answer, delivery));
+    }
+    if *failed_batches > 0 {
+        tracing::info!(
+            failed_batches = *failed_batches,
+            "the database accepts writes again"
+        );
+        *failed_batches = 0;
+    }
+}
+
+/// Answers every request of a batch that could not be committed with `each()`: none of its
+/// deliveries was acknowledged, so every sender retries.
+pub fn answer_failed(
+    batch: &mut Batch,
+    error: &dyn std::fmt::Display,
+    each: impl Fn() -> StorageError,
+    failed_batches: &mut u64,
+) {
+    *failed_batches += 1;
+    if let Some(suppressed) = BATCH_FAILURES.admit() {
+        tracing::error!(
+            error = %error,
+            batch = batch.len(),
+            suppressed,
+            "writer batch failed to commit; none of its deliveries was acknowledged"
+        );
+    }
+    for (delivery, reply) in batch.drain(..) {
+        let _ = reply.send((Err(each()), delivery));
+    }
 }
 
 /// Unpacks a writer's answer; the returned delivery is dropped here, on the caller's task.

@@ -18,9 +18,10 @@ use super::projection::{self, Claimed};
 use crate::event::Event;
 use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
-use crate::storage::delivery::{DedupeKeys, Delivery, EventRow, Reply, touched};
+use crate::storage::delivery::{
+    Batch, DedupeKeys, Delivery, EventRow, Reply, answer_committed, answer_failed, touched,
+};
 use crate::storage::{Ingested, Status, StorageError};
-use crate::telemetry;
 use deadpool_postgres::{Object, Pool, Transaction};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,7 +40,6 @@ pub enum Command {
     Stop(oneshot::Sender<()>),
 }
 
-static BATCH_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
 static DELIVERY_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
 
 pub struct Writer {
@@ -83,42 +83,22 @@ impl Writer {
         }
     }
 
-    async fn commit_batch(&mut self, batch: &mut Vec<(Box<Delivery>, Reply)>) {
+    async fn commit_batch(&mut self, batch: &mut Batch) {
         let started = Instant::now();
-        let size = batch.len();
         let deliveries: Vec<&Delivery> = batch.iter().map(|(d, _)| &**d).collect();
         let result = self.apply_batch(&deliveries).await;
         drop(deliveries);
         match result {
             Ok((answers, last_id)) => {
-                telemetry::record_batch(size, started.elapsed());
-                telemetry::record_log_size(last_id);
-                for ((delivery, reply), answer) in batch.drain(..).zip(answers) {
-                    let _ = reply.send((answer, delivery));
-                }
+                answer_committed(batch, answers, last_id, started, &mut self.failed_batches);
                 advance(&self.committed, last_id);
-                if self.failed_batches > 0 {
-                    tracing::info!(
-                        failed_batches = self.failed_batches,
-                        "PostgreSQL accepts writes again"
-                    );
-                    self.failed_batches = 0;
-                }
             }
-            Err(error) => {
-                self.failed_batches += 1;
-                if let Some(suppressed) = BATCH_FAILURES.admit() {
-                    tracing::error!(
-                        error = %error,
-                        batch = size,
-                        suppressed,
-                        "writer batch failed to commit; none of its deliveries was acknowledged"
-                    );
-                }
-                for (delivery, reply) in batch.drain(..) {
-                    let _ = reply.send((Err(error.for_each_request()), delivery));
-                }
-            }
+            Err(error) => answer_failed(
+                batch,
+                &error,
+                || error.for_each_request(),
+                &mut self.failed_batches,
+            ),
         }
     }
 

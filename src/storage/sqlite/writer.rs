@@ -19,9 +19,9 @@ use crate::event::Event;
 use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
 use crate::storage::delivery::{
-    DedupeKeys, Delivery, EventRow, Reply, SYNC_SOURCE, prepare, touched,
+    Batch, DedupeKeys, Delivery, EventRow, Reply, SYNC_SOURCE, answer_committed, answer_failed,
+    prepare, touched,
 };
-use crate::telemetry;
 use rusqlite::{Connection, TransactionBehavior};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -38,7 +38,6 @@ pub enum Command {
 }
 
 /// Failed batches and failed deliveries, each logged at most once per interval.
-static BATCH_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
 static DELIVERY_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
 static REOPEN_FAILURES: LogLimit = LogLimit::new(log_limit::INTERVAL);
 
@@ -118,38 +117,20 @@ impl Writer {
         self.checkpoint();
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<(Box<Delivery>, Reply)>) {
+    fn commit_batch(&mut self, batch: &mut Batch) {
         let started = Instant::now();
-        let size = batch.len();
         match self.apply_batch(batch) {
             Ok((answers, last_id)) => {
-                telemetry::record_batch(size, started.elapsed());
-                telemetry::record_log_size(last_id);
-                for ((delivery, reply), answer) in batch.drain(..).zip(answers) {
-                    let _ = reply.send((answer, delivery));
-                }
+                answer_committed(batch, answers, last_id, started, &mut self.failed_batches);
                 self.committed.send_replace(last_id);
-                if self.failed_batches > 0 {
-                    tracing::info!(
-                        failed_batches = self.failed_batches,
-                        "the database accepts writes again"
-                    );
-                    self.failed_batches = 0;
-                }
             }
             Err(error) => {
-                self.failed_batches += 1;
-                if let Some(suppressed) = BATCH_FAILURES.admit() {
-                    tracing::error!(
-                        error = %error,
-                        batch = size,
-                        suppressed,
-                        "writer batch failed to commit; none of its deliveries was acknowledged"
-                    );
-                }
-                for (delivery, reply) in batch.drain(..) {
-                    let _ = reply.send((Err(StorageError::commit(&error)), delivery));
-                }
+                answer_failed(
+                    batch,
+                    &error,
+                    || StorageError::commit(&error),
+                    &mut self.failed_batches,
+                );
                 self.recover();
             }
         }
