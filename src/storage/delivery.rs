@@ -4,7 +4,7 @@
 
 use super::{Ingested, NewDelivery, Status, StorageError};
 use crate::event::{Event, ParseError};
-use crate::handlers::projection::Encoded;
+use crate::handlers::projection::{Effect, Encoded};
 use crate::log_limit::{self, LogLimit};
 use crate::telemetry;
 use sha2::{Digest, Sha256};
@@ -241,11 +241,33 @@ impl<'a> EventRow<'a> {
         }
     }
 
+    /// Records what the projection did with the event.
+    pub fn record_effect(&mut self, effect: Effect) {
+        self.status = match effect {
+            Effect::Applied => Status::Applied,
+            Effect::Stale(reason) => {
+                self.error = reason;
+                Status::Stale
+            }
+            Effect::NotHandled => Status::Ignored,
+        };
+    }
+
     /// Records that the body could not be used, and why.
     pub fn reject(&mut self, error: &ParseError) {
         self.status = Status::Rejected;
         self.error = Some(error.to_string());
         self.error_field = error.field().map(str::to_owned);
+    }
+}
+
+/// Parses a stored body as it was received: a snapshot fetched by `sync` as such, anything
+/// else as a webhook delivery.
+pub fn parse_stored(body: &[u8], source: &str) -> Result<Event, ParseError> {
+    if source == SYNC_SOURCE {
+        crate::event::parse_synced(body)
+    } else {
+        crate::event::parse(body)
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::event::{Event, ParseError};
 use crate::handlers::DispatchedEvent;
 use crate::outcome::Status;
+use crate::storage::StorageError;
 use axum::body::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -154,4 +155,41 @@ pub struct RebuildReport {
     pub replayed: u64,
     /// Events whose stored body no longer parses, left out because the caller allowed it.
     pub skipped_unparsable: Vec<i64>,
+}
+
+impl RebuildReport {
+    /// Fails a rebuild that would rest on bodies retention cleared: it could not reproduce the
+    /// projection in place.
+    pub fn check_foundations(missing: &[i64]) -> Result<(), StorageError> {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(StorageError::Incomplete(format!(
+            "the projection rests on the bodies of events {} and they were pruned; it cannot be \
+             rebuilt",
+            id_list(missing)
+        )))
+    }
+
+    /// The report of a finished replay, or the error that fails the rebuild (nothing is
+    /// changed) when stored bodies no longer parse and the caller did not allow leaving them
+    /// out.
+    pub fn checked(self, skip_unparsable: bool) -> Result<Self, StorageError> {
+        if self.skipped_unparsable.is_empty() || skip_unparsable {
+            return Ok(self);
+        }
+        Err(StorageError::Incomplete(format!(
+            "the stored bodies of events {} no longer parse; nothing was changed (rebuild \
+             with --skip-unparsable to leave them out)",
+            id_list(&self.skipped_unparsable)
+        )))
+    }
+}
+
+/// Event ids for a message: all of them, as an operator needs each to look it up.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -7,7 +7,7 @@
 use super::writer::{classify, lock_log};
 use crate::storage::StorageError;
 use crate::storage::delivery::prepare;
-use crate::storage::delivery::{EventRow, SYNC_SOURCE};
+use crate::storage::delivery::{EventRow, parse_stored};
 use crate::storage::model::RebuildReport;
 use deadpool_postgres::Transaction;
 
@@ -23,13 +23,7 @@ pub async fn rebuild(
 ) -> Result<RebuildReport, StorageError> {
     lock_log(tx).await?;
     let missing = pruned_foundations(tx).await?;
-    if !missing.is_empty() {
-        return Err(StorageError::Incomplete(format!(
-            "the projection rests on the bodies of events {} and they were pruned; it cannot be \
-             rebuilt",
-            id_list(&missing)
-        )));
-    }
+    RebuildReport::check_foundations(&missing)?;
     tx.batch_execute(
         "DELETE FROM customers;
          DELETE FROM dedupe_keys WHERE event_id IN (SELECT id FROM events WHERE body IS NOT NULL);",
@@ -61,12 +55,7 @@ pub async fn rebuild(
             let id: i64 = row.get(0);
             let body: Vec<u8> = row.get(1);
             let source: String = row.get(2);
-            let parsed = if source == SYNC_SOURCE {
-                crate::event::parse_synced(&body)
-            } else {
-                crate::event::parse(&body)
-            };
-            let Ok(event) = parsed else {
+            let Ok(event) = parse_stored(&body, &source) else {
                 report.skipped_unparsable.push(id);
                 continue;
             };
@@ -80,14 +69,7 @@ pub async fn rebuild(
         }
     }
     progress(report.replayed, to_replay);
-    if !report.skipped_unparsable.is_empty() && !skip_unparsable {
-        return Err(StorageError::Incomplete(format!(
-            "the stored bodies of events {} no longer parse; nothing was changed (rebuild \
-             with --skip-unparsable to leave them out)",
-            id_list(&report.skipped_unparsable)
-        )));
-    }
-    Ok(report)
+    report.checked(skip_unparsable)
 }
 
 /// Applied events whose bodies were pruned although the projection in place rests on them: a
@@ -108,12 +90,4 @@ async fn pruned_foundations(tx: &Transaction<'_>) -> Result<Vec<i64>, StorageErr
         .iter()
         .map(|row| row.get(0))
         .collect())
-}
-
-/// Event ids for a message: all of them, as an operator needs each to look it up.
-fn id_list(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

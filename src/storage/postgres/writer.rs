@@ -16,7 +16,7 @@
 use super::log;
 use super::projection::{self, Claimed};
 use crate::event::Event;
-use crate::handlers::projection::{Effect, Encoded};
+use crate::handlers::projection::Encoded;
 use crate::log_limit::{self, LogLimit};
 use crate::storage::delivery::{
     Batch, DedupeKeys, Delivery, EventRow, Reply, answer_committed, answer_failed, touched,
@@ -341,13 +341,6 @@ pub async fn classify(
         }
         Claimed::Effect(effect) => effect,
     };
-    row.status = match effect {
-        Effect::Applied => Status::Applied,
-        Effect::Stale(reason) => {
-            row.error = reason;
-            Status::Stale
-        }
-        Effect::NotHandled => Status::Ignored,
-    };
+    row.record_effect(effect);
     Ok(())
 }

@@ -16,11 +16,11 @@ use super::events;
 use super::projection::CustomerProjection;
 use super::{Ingested, NewDelivery, RebuildReport, Status, StorageError};
 use crate::event::Event;
-use crate::handlers::projection::{Effect, Encoded};
+use crate::handlers::projection::Encoded;
 use crate::log_limit::{self, LogLimit};
 use crate::storage::delivery::{
     Batch, DedupeKeys, Delivery, EventRow, Reply, SYNC_SOURCE, answer_committed, answer_failed,
-    prepare, touched,
+    parse_stored, prepare, touched,
 };
 use rusqlite::{Connection, TransactionBehavior};
 use std::time::Instant;
@@ -319,14 +319,7 @@ fn classify(
         }
         return Ok(());
     }
-    row.status = match projection.apply(conn, row.id, event, prepared)? {
-        Effect::Applied => Status::Applied,
-        Effect::Stale(reason) => {
-            row.error = reason;
-            Status::Stale
-        }
-        Effect::NotHandled => Status::Ignored,
-    };
+    row.record_effect(projection.apply(conn, row.id, event, prepared)?);
     Ok(())
 }
 
@@ -355,13 +348,7 @@ pub fn rebuild_projection(
 ) -> Result<RebuildReport, StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let missing = events::pruned_foundations(&tx)?;
-    if !missing.is_empty() {
-        return Err(StorageError::Incomplete(format!(
-            "the projection rests on the bodies of events {} and they were pruned; it cannot be \
-             rebuilt",
-            id_list(&missing)
-        )));
-    }
+    RebuildReport::check_foundations(&missing)?;
     tx.execute_batch(
         "DELETE FROM customers;
          DELETE FROM dedupe_keys WHERE event_id IN (SELECT id FROM events WHERE body IS NOT NULL);",
@@ -384,12 +371,7 @@ pub fn rebuild_projection(
             let id: i64 = row.get(0)?;
             let body: Vec<u8> = row.get(1)?;
             let source: String = row.get(2)?;
-            let parsed = if source == SYNC_SOURCE {
-                crate::event::parse_synced(&body)
-            } else {
-                crate::event::parse(&body)
-            };
-            let Ok(event) = parsed else {
+            let Ok(event) = parse_stored(&body, &source) else {
                 report.skipped_unparsable.push(id);
                 continue;
             };
@@ -403,24 +385,10 @@ pub fn rebuild_projection(
         }
     }
     progress(report.replayed, to_replay);
-    if !report.skipped_unparsable.is_empty() && !skip_unparsable {
-        // Dropping the transaction rolls back: the projection stays as it was.
-        return Err(StorageError::Incomplete(format!(
-            "the stored bodies of events {} no longer parse; nothing was changed (rebuild \
-             with --skip-unparsable to leave them out)",
-            id_list(&report.skipped_unparsable)
-        )));
-    }
+    // On an error, dropping the transaction rolls back: the projection stays as it was.
+    let report = report.checked(skip_unparsable)?;
     tx.commit()?;
     Ok(report)
-}
-
-/// Event ids for a message: all of them, as an operator needs each to look it up.
-fn id_list(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
