@@ -37,6 +37,14 @@ use tokio::sync::watch;
 pub const HANDLER_LEASE: std::time::Duration =
     std::time::Duration::from_millis(postgres::HANDLER_LEASE_MS as u64);
 
+/// Bytes the readiness probe writes, so that readiness fails no later than deliveries do when
+/// the disk or SQLite's cap runs out (slightly earlier under the cap, which only warns sooner).
+/// A delivery of the fixtures (2 to 4 KiB bodies) appends 7 to 16 pages to SQLite's WAL in a
+/// database of 4 KiB pages (the event row and its indexes, the dedupe key, the customer and its
+/// indexes), about 28 KB in one of the 1 KiB pages new databases take; 48 KiB of ballast plus
+/// the pages its insert and delete touch are as much as the heaviest of them.
+pub(crate) const PROBE_BYTES: i64 = 48 * 1024;
+
 /// The answer to a queued delivery, awaited later (see [`Store::enqueue`]).
 pub type PendingIngest = Pin<Box<dyn Future<Output = Result<Ingested, StorageError>> + Send>>;
 

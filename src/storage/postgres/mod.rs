@@ -328,7 +328,7 @@ impl PgStore {
     /// incompressible bytes inserted before the previous one is deleted, in one committed
     /// transaction.
     pub async fn probe_write(&self) -> Result<(), StorageError> {
-        let mut ballast = vec![0u8; super::sqlite::PROBE_BYTES as usize];
+        let mut ballast = vec![0u8; super::PROBE_BYTES as usize];
         fastrand::fill(&mut ballast);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -24,7 +24,7 @@ use super::model::{
     CustomerPage, EventDetail, EventRecord, HandlerStats, Ingested, NewDelivery, Outcome, PruneKey,
     PruneStep, RebuildReport, SyncedPage, Work,
 };
-use super::{Status, StorageError};
+use super::{PROBE_BYTES, Status, StorageError};
 use crate::clock::now_ms;
 use crate::config::{HandlerStart, StorageSettings};
 use crate::handlers::DispatchedEvent;
@@ -35,13 +35,6 @@ use rusqlite::Connection;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use writer::{Command, Job};
-
-/// Bytes the readiness probe writes. A delivery of the fixtures (2 to 4 KiB bodies) appends 7
-/// to 16 pages to the WAL (the event row, its indexes, dedupe keys, the customer and its
-/// indexes); 48 KiB is 12 overflow pages plus the 3 or so the insert and delete touch, as much
-/// as the heaviest of them, so that readiness fails no later than deliveries do when the disk
-/// or the cap runs out (slightly earlier under the cap, which only warns sooner).
-pub(crate) const PROBE_BYTES: i64 = 48 * 1024;
 
 struct Shared {
     commands: mpsc::Sender<Command>,
