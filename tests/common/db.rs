@@ -2,9 +2,22 @@
 
 use std::path::Path;
 
+/// A connection to the event log at `db` with its projection file attached, as the daemon
+/// opens them, so that `customers` names the projection's table.
+pub fn sqlite_connection(db: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let projection = rebilly_webhookd::storage::sqlite::projection_path(db);
+    conn.execute(
+        "ATTACH DATABASE ?1 AS projection",
+        [projection.to_str().unwrap()],
+    )
+    .unwrap();
+    conn
+}
+
 /// Every row of a query, as text, in the order the query gives.
 pub fn table(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    let conn = rusqlite::Connection::open(db).unwrap();
+    let conn = sqlite_connection(db);
     let mut statement = conn.prepare(sql).unwrap();
     let columns = statement.column_count();
     statement
@@ -68,10 +81,7 @@ impl Database {
     /// Runs statements (separated by `;`) outside the daemon.
     pub fn execute(&self, sql: &str) {
         match self {
-            Database::Sqlite(path) => rusqlite::Connection::open(path)
-                .unwrap()
-                .execute_batch(sql)
-                .unwrap(),
+            Database::Sqlite(path) => sqlite_connection(path).execute_batch(sql).unwrap(),
             Database::Postgres(url) => {
                 postgres_rows(url, sql);
             }

@@ -100,7 +100,7 @@ async fn postgres_customers(url: &str) -> Vec<CustomerRow> {
 }
 
 fn sqlite_customers(local: &Local) -> Vec<CustomerRow> {
-    let conn = rusqlite::Connection::open(local._dir.path().join("local.db")).unwrap();
+    let conn = crate::common::sqlite_connection(&local._dir.path().join("local.db"));
     let mut statement = conn.prepare(CUSTOMER_COLUMNS).unwrap();
     statement
         .query_map([], |r| {
@@ -152,7 +152,7 @@ async fn postgres_rows(url: &str, sql: &str) -> Vec<Vec<String>> {
 
 fn sqlite_rows(local: &Local, sql: &str) -> Vec<Vec<String>> {
     use rusqlite::types::Value;
-    let conn = rusqlite::Connection::open(local._dir.path().join("local.db")).unwrap();
+    let conn = crate::common::sqlite_connection(&local._dir.path().join("local.db"));
     let mut statement = conn.prepare(sql).unwrap();
     let columns = statement.column_count();
     statement

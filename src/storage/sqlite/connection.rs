@@ -1,12 +1,16 @@
 //! How every SQLite connection is set up.
 
+use super::projection_db;
 use crate::config::{StorageSettings, Synchronous};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const WRITER_CACHE_KIB: i64 = 16 * 1024;
+/// The writer's page cache for the event log, and for the projection: the log's changes are
+/// mostly appends, the projection's land all over its indexes.
+const WRITER_LOG_CACHE_KIB: i64 = 6 * 1024;
+const WRITER_PROJECTION_CACHE_KIB: i64 = 10 * 1024;
 /// The page size of a new database. Each delivery changes one leaf in each of about a dozen
 /// B-trees at random places, and SQLite writes every changed page whole to the WAL (then once
 /// more when it checkpoints), so the bytes a delivery costs on disk grow with the page size.
@@ -14,17 +18,22 @@ const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// 72 KB, to the WAL per delivery; 2048 bytes 20.7 pages, 43 KB; 1024 bytes 26.6 pages, 28 KB.
 /// A database keeps the page size it was created with.
 const NEW_DATABASE_PAGE_SIZE: i64 = 1024;
+/// The page size of a new projection file: a customer's snapshot (about 1.5 KB) fits in one
+/// page with room to spare, where smaller pages spread each row over overflow pages.
+const NEW_PROJECTION_PAGE_SIZE: i64 = 4096;
 /// WAL bytes between automatic checkpoints, whatever the page size (4096 pages of 4 KiB before
 /// new databases took smaller pages).
 const WRITER_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
 /// After a checkpoint resets it, the WAL file is truncated back to this size.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
-fn common(conn: &Connection) -> rusqlite::Result<()> {
+fn common(conn: &Connection, log: &Path) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    projection_db::attach(conn, log)?;
     // A small page cache per connection keeps the resident size low; the OS caches the file.
-    conn.pragma_update(None, "cache_size", -2048)?;
+    conn.pragma_update(None, "cache_size", -1024)?;
+    conn.pragma_update(Some(projection_db::SCHEMA), "cache_size", -1024)?;
     Ok(())
 }
 
@@ -51,9 +60,14 @@ impl WriterOptions {
 /// The single writer: WAL, so readers never wait for it, and the durability the operator chose.
 pub fn open_writer(options: &WriterOptions) -> rusqlite::Result<Connection> {
     let conn = Connection::open(&options.path)?;
-    common(&conn)?;
-    // The writer touches index pages all over the file; a larger cache saves re-reading them.
-    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    common(&conn, &options.path)?;
+    // The writer touches index pages all over the files; a larger cache saves re-reading them.
+    conn.pragma_update(None, "cache_size", -WRITER_LOG_CACHE_KIB)?;
+    conn.pragma_update(
+        Some(projection_db::SCHEMA),
+        "cache_size",
+        -WRITER_PROJECTION_CACHE_KIB,
+    )?;
     // Checkpoints copy each distinct page once however often it changed in the WAL, so a WAL
     // larger than SQLite's default (1000 pages) costs less per event; but a checkpoint runs
     // inline and the deliveries behind it wait, so a larger one lengthens the tail. Measured
@@ -70,12 +84,24 @@ pub fn open_writer(options: &WriterOptions) -> rusqlite::Result<Connection> {
         WRITER_CHECKPOINT_BYTES / page_size.max(512),
     )?;
     conn.pragma_update(None, "synchronous", synchronous_level(options.synchronous))?;
+    open_projection(&conn)?;
     // Each delivery runs in its own savepoint: keep the savepoint and statement journals in
     // memory (a few pages per delivery) instead of temporary files, which tripled the bytes
     // the writer wrote.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     cap_size(&conn, options.max_size_bytes)?;
     Ok(conn)
+}
+
+/// The projection file: WAL like the log, but its commits are not synced (see
+/// [`projection_db`]), and its checkpoints follow the same size.
+fn open_projection(conn: &Connection) -> rusqlite::Result<()> {
+    let schema = Some(projection_db::SCHEMA);
+    conn.pragma_update(schema, "page_size", NEW_PROJECTION_PAGE_SIZE)?;
+    conn.pragma_update(schema, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
+    conn.pragma_update(schema, "journal_mode", "WAL")?;
+    conn.pragma_update(schema, "synchronous", "NORMAL")?;
+    Ok(())
 }
 
 /// Caps the database at `max_bytes` (whole pages; at least its current size, as SQLite never
@@ -114,7 +140,7 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
-    common(&conn)?;
+    common(&conn, path)?;
     Ok(conn)
 }
 

@@ -5,12 +5,15 @@
 //! what it said. Every change, however small, goes into a new file with the next number. The
 //! tests below hold this: the released files keep their recorded digests, and a database
 //! created by the previous release (`migrations/testdata`) migrates and keeps its data.
+//!
+//! They run with the projection file attached and its schema in place (see `projection_db`):
+//! 0007 moves the customers there.
 
 use rusqlite_migration::{M, Migrations};
 use std::sync::LazyLock;
 
 /// The migrations in order; a database at `user_version` N has run the first N.
-const FILES: [(&str, &str); 6] = [
+const FILES: [(&str, &str); 7] = [
     (
         "0001_event_log.sql",
         include_str!("migrations/0001_event_log.sql"),
@@ -34,6 +37,10 @@ const FILES: [(&str, &str); 6] = [
     (
         "0006_instant_columns.sql",
         include_str!("migrations/0006_instant_columns.sql"),
+    ),
+    (
+        "0007_projection_file.sql",
+        include_str!("migrations/0007_projection_file.sql"),
     ),
 ];
 
@@ -70,10 +77,19 @@ mod tests {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// An empty database in memory with an empty projection attached, as the store opens them.
+    fn database() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute("ATTACH DATABASE ':memory:' AS projection", [])
+            .unwrap();
+        super::super::projection_db::prepare_schema(&conn).unwrap();
+        conn
+    }
+
     #[test]
     fn created_times_already_projected_are_backfilled_as_instants() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        MIGRATIONS.to_version(&mut conn, FILES.len() - 1).unwrap();
+        let mut conn = database();
+        MIGRATIONS.to_version(&mut conn, 5).unwrap();
         conn.execute_batch(
             "INSERT INTO customers (id, snapshot, created_time) VALUES
                  ('a', '{}', '2017-05-26T18:59:51Z'),
@@ -109,8 +125,21 @@ mod tests {
     }
 
     #[test]
-    fn migrations_are_valid() {
-        MIGRATIONS.validate().unwrap();
+    fn every_migration_applies_to_a_new_database() {
+        let mut conn = database();
+        MIGRATIONS.to_latest(&mut conn).unwrap();
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM main.sqlite_master WHERE name = 'customers'"
+            ),
+            0,
+            "the customers live in the projection file only"
+        );
+        assert_eq!(
+            count(&conn, "SELECT event_id FROM projection.log_position"),
+            0
+        );
     }
 
     #[test]
@@ -127,7 +156,7 @@ mod tests {
 
     #[test]
     fn migrating_twice_changes_nothing() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = database();
         MIGRATIONS.to_latest(&mut conn).unwrap();
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -142,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_database_of_the_previous_release_migrates_and_keeps_its_data() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = database();
         conn.execute_batch(RELEASED_DATABASE).unwrap();
         let events = count(&conn, "SELECT COUNT(*) FROM events");
         let customers = count(&conn, "SELECT COUNT(*) FROM customers");
@@ -171,6 +200,11 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(after, projection);
+        assert_eq!(
+            count(&conn, "SELECT event_id FROM projection.log_position"),
+            count(&conn, "SELECT MAX(id) FROM events"),
+            "the moved projection reflects the whole log"
+        );
         // The merge (carol into alice) touches both customers, and so holds both back.
         let merge_customers: Vec<String> = conn
             .prepare(

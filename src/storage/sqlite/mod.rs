@@ -1,5 +1,6 @@
-//! The SQLite backend: the event log, the dedupe keys, the projection tables and handler state
-//! in one embedded database file.
+//! The SQLite backend: the event log, the dedupe keys and handler state in one embedded
+//! database file, and the customer projection derived from it in a second file beside it
+//! (`projection_db` says why and how they are kept level).
 //!
 //! Writes go to one writer thread (which groups waiting deliveries into one transaction);
 //! reads run on pooled WAL reader connections in the blocking pool. No rusqlite call ever runs
@@ -11,6 +12,7 @@ mod events;
 mod handler_state;
 mod migrations;
 mod projection;
+mod projection_db;
 mod readers;
 mod sync_state;
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod test_support;
 mod writer;
 
 pub use migrations::MIGRATIONS;
+pub use projection_db::path_of as projection_path;
 
 use super::delivery::{Delivery, submit_now, submit_waiting};
 use super::model::{
@@ -60,7 +63,9 @@ impl SqliteStore {
         }
         let options = connection::WriterOptions::new(settings);
         let mut conn = connection::open_writer(&options)?;
+        projection_db::prepare_schema(&conn)?;
         MIGRATIONS.to_latest(&mut conn)?;
+        projection_db::catch_up(&mut conn)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         crate::telemetry::record_log_size(last_id);

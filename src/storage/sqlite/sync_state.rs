@@ -4,6 +4,7 @@
 use super::Status;
 use super::StorageError;
 use super::projection::CustomerProjection;
+use super::projection_db;
 use super::writer;
 use crate::storage::delivery::Delivery;
 use crate::storage::model::SyncedPage;
@@ -17,6 +18,8 @@ pub fn apply_page(
     cursor: Option<&str>,
     now_ms: i64,
 ) -> Result<SyncedPage, StorageError> {
+    // The page is classified against the projection: it must reflect the whole log.
+    projection_db::catch_up(conn)?;
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Read under the write lock, so ids stay right even if another process wrote meanwhile.
     let mut next_id: i64 =
@@ -38,6 +41,7 @@ pub fn apply_page(
             Status::Stale | Status::Duplicate | Status::Ignored => page.stale += 1,
         }
     }
+    projection_db::set_position(&tx, next_id - 1)?;
     if let Some(cursor) = cursor {
         tx.prepare_cached(
             "INSERT INTO sync_cursors (scope, cursor, updated_ms) VALUES (?1, ?2, ?3)

@@ -1,7 +1,7 @@
 //! Helpers for storage unit tests: a migrated database file, and writes that commit while a
 //! reader is in the middle of its statements.
 
-use super::MIGRATIONS;
+use super::{MIGRATIONS, projection_db};
 use rusqlite::Connection;
 use std::path::PathBuf;
 
@@ -19,15 +19,25 @@ impl TestDb {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("test.db");
         let mut conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        projection_db::attach(&conn, &path).unwrap();
+        for schema in ["main", projection_db::SCHEMA] {
+            conn.pragma_update(Some(schema), "journal_mode", "WAL")
+                .unwrap();
+        }
+        projection_db::prepare_schema(&conn).unwrap();
         MIGRATIONS.to_latest(&mut conn).unwrap();
         Self { _dir: dir, path }
     }
 
+    /// A connection to the log with the projection attached, as the store opens them.
     pub fn connect(&self) -> Connection {
         let conn = Connection::open(&self.path).unwrap();
+        projection_db::attach(&conn, &self.path).unwrap();
         // Tests need no durability, and a sync per statement made them slow.
-        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        for schema in ["main", projection_db::SCHEMA] {
+            conn.pragma_update(Some(schema), "synchronous", "OFF")
+                .unwrap();
+        }
         conn
     }
 

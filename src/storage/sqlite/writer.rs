@@ -14,6 +14,7 @@
 use super::connection::{self, WriterOptions};
 use super::events;
 use super::projection::CustomerProjection;
+use super::projection_db;
 use super::{Ingested, NewDelivery, RebuildReport, Status, StorageError};
 use crate::event::Event;
 use crate::handlers::projection::Encoded;
@@ -65,6 +66,7 @@ pub fn spawn(
                 committed: setup.committed,
                 projection: CustomerProjection,
                 failed_batches: 0,
+                projection_level: true,
             }
             .run(receiver)
         })
@@ -78,6 +80,10 @@ struct Writer {
     projection: CustomerProjection,
     /// Batches failed since the last one that committed.
     failed_batches: u64,
+    /// Whether the projection is known to reflect the whole log. A failed batch may have
+    /// committed the log but not the projection, and a job may have done the same; either
+    /// leaves this false until the next batch has made sure.
+    projection_level: bool,
 }
 
 impl Writer {
@@ -105,6 +111,7 @@ impl Writer {
             match after_batch {
                 Some(Command::Job(job)) => {
                     job(&mut self.conn);
+                    self.projection_level = false;
                     self.recover();
                 }
                 Some(Command::Stop(job)) => {
@@ -131,6 +138,7 @@ impl Writer {
                     || StorageError::commit(&error),
                     &mut self.failed_batches,
                 );
+                self.projection_level = false;
                 self.recover();
             }
         }
@@ -173,6 +181,10 @@ impl Writer {
         &mut self,
         batch: &[(Box<Delivery>, Reply)],
     ) -> rusqlite::Result<(Vec<Result<Ingested, StorageError>>, i64)> {
+        if !self.projection_level {
+            projection_db::catch_up(&mut self.conn)?;
+            self.projection_level = true;
+        }
         let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -207,6 +219,8 @@ impl Writer {
                 }
             }
         }
+        projection_db::set_position(&tx, next_id - 1)?;
+        // The log commits (and syncs) first, then the projection, unsynced.
         tx.commit()?;
         Ok((answers, next_id - 1))
     }
@@ -387,6 +401,8 @@ pub fn rebuild_projection(
     progress(report.replayed, to_replay);
     // On an error, dropping the transaction rolls back: the projection stays as it was.
     let report = report.checked(skip_unparsable)?;
+    let newest: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+    projection_db::set_position(&tx, newest)?;
     tx.commit()?;
     Ok(report)
 }

@@ -1,0 +1,42 @@
+-- The customer projection, in its own database file attached as `projection`. It is derived
+-- from the event log and never migrated: a file of another schema version is emptied,
+-- created again from this text, and caught up from the log.
+--
+-- The snapshot of the highest revision seen, plus merge and Experian state. The columns after
+-- `experian_event_id` are copies of snapshot fields for queries. List indexes cover exactly the
+-- listed customers (the condition every list query carries), so that counts and sorted pages
+-- are answered from the index alone; times are compared as integer Unix milliseconds.
+CREATE TABLE projection.customers (
+    id                TEXT PRIMARY KEY,
+    revision          INTEGER,
+    updated_ms        INTEGER,
+    event_id          INTEGER,
+    snapshot          TEXT,
+    merged_into       TEXT,
+    experian_check    TEXT,
+    experian_event_id INTEGER,
+    email             TEXT,
+    first_name        TEXT,
+    last_name         TEXT,
+    company           TEXT,
+    country           TEXT,
+    city              TEXT,
+    website_id        TEXT,
+    created_time      TEXT,
+    updated_time      TEXT,
+    search            TEXT,
+    created_ms        INTEGER
+);
+CREATE INDEX projection.customers_by_email ON customers (email) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX projection.customers_by_last_name ON customers (last_name) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX projection.customers_by_created_ms ON customers (created_ms, country, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX projection.customers_by_updated_ms ON customers (updated_ms, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX projection.customers_by_country_created_ms ON customers (country, created_ms) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+
+-- The id of the newest log event the projection reflects, committed with the changes it
+-- covers.
+CREATE TABLE projection.log_position (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    event_id INTEGER NOT NULL
+);
+INSERT INTO projection.log_position (id, event_id) VALUES (1, 0);
