@@ -202,6 +202,11 @@ impl Plan {
 fn counts(path: &std::path::Path) -> Result<(u64, u64), Box<dyn std::error::Error>> {
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let projection = rebilly_webhookd::storage::sqlite::projection_path(path);
+    let projection = projection
+        .to_str()
+        .ok_or("the projection path is not UTF-8")?;
+    conn.execute("ATTACH DATABASE ?1 AS projection", [projection])?;
     let events: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
     // Seeded ids sort between `cus_seed_` and `cus_seed``; a range scan of the primary key.
     let seeded: i64 = conn.query_row(

@@ -93,14 +93,14 @@ pub fn open_writer(options: &WriterOptions) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// The projection file: WAL like the log, but its commits are not synced (see
-/// [`projection_db`]), and its checkpoints follow the same size.
+/// The projection file: WAL like the log, but nothing is synced while the daemon runs (see
+/// [`projection_db`]).
 fn open_projection(conn: &Connection) -> rusqlite::Result<()> {
     let schema = Some(projection_db::SCHEMA);
     conn.pragma_update(schema, "page_size", NEW_PROJECTION_PAGE_SIZE)?;
     conn.pragma_update(schema, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     conn.pragma_update(schema, "journal_mode", "WAL")?;
-    conn.pragma_update(schema, "synchronous", "NORMAL")?;
+    conn.pragma_update(schema, "synchronous", "OFF")?;
     Ok(())
 }
 

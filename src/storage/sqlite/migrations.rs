@@ -136,10 +136,7 @@ mod tests {
             0,
             "the customers live in the projection file only"
         );
-        assert_eq!(
-            count(&conn, "SELECT event_id FROM projection.log_position"),
-            0
-        );
+        assert_eq!(count(&conn, "SELECT log_position FROM projection.state"), 0);
     }
 
     #[test]
@@ -201,7 +198,7 @@ mod tests {
             .unwrap();
         assert_eq!(after, projection);
         assert_eq!(
-            count(&conn, "SELECT event_id FROM projection.log_position"),
+            count(&conn, "SELECT log_position FROM projection.state"),
             count(&conn, "SELECT MAX(id) FROM events"),
             "the moved projection reflects the whole log"
         );

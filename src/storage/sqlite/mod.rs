@@ -65,6 +65,7 @@ impl SqliteStore {
         let mut conn = connection::open_writer(&options)?;
         projection_db::prepare_schema(&conn)?;
         MIGRATIONS.to_latest(&mut conn)?;
+        projection_db::begin_run(&conn)?;
         projection_db::catch_up(&mut conn)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;

@@ -225,10 +225,14 @@ impl Writer {
         Ok((answers, next_id - 1))
     }
 
+    /// Leaves both files checkpointed, and the projection synced and marked clean.
     fn checkpoint(&self) {
+        if let Err(error) = projection_db::end_run(&self.conn) {
+            tracing::warn!(error = %error, "syncing the projection on the way out failed");
+        }
         if let Err(error) = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         {
             tracing::warn!(error = %error, "final WAL checkpoint failed");
         }

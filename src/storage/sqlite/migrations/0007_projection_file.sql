@@ -9,5 +9,5 @@ SELECT id, revision, updated_ms, event_id, snapshot, merged_into, experian_check
        experian_event_id, email, first_name, last_name, company, country, city, website_id,
        created_time, updated_time, search, created_ms
 FROM main.customers;
-UPDATE projection.log_position SET event_id = (SELECT COALESCE(MAX(id), 0) FROM main.events);
+UPDATE projection.state SET log_position = (SELECT COALESCE(MAX(id), 0) FROM main.events);
 DROP TABLE main.customers;

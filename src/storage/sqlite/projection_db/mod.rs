@@ -2,14 +2,21 @@
 //!
 //! The event log (the main file) is the only thing synced when deliveries commit. The customer
 //! projection is derived from it: it lives in a second file, written in the same transaction
-//! but committed after the log and without a sync of its own (WAL with `synchronous = NORMAL`:
-//! consistent after a crash or a power cut, though it may miss its newest commits), and it
-//! records the id of the newest log event it reflects. Whenever it is behind the log (at
-//! start-up after a crash, or after a batch whose log committed but whose projection did not),
-//! the writer catches it up by applying the log's applied events past that position, through
-//! the same rules and with the same ids as when they arrived, so it ends as it would have. A
-//! projection that claims a position beyond the log (the log was restored from an older copy)
-//! is emptied and caught up from the start.
+//! but committed after the log and never synced while the daemon runs (WAL with
+//! `synchronous = OFF`), and it records the id of the newest log event it reflects.
+//!
+//! - A killed process loses nothing the operating system was handed, so the projection is
+//!   consistent, though its last commit may be missing. Whenever it is behind the log (at
+//!   start-up after a crash, or after a batch whose log committed but whose projection did
+//!   not), the writer catches it up by applying the log's applied events past that position,
+//!   through the same rules and with the same ids as when they arrived, so it ends as it would
+//!   have.
+//! - An operating system that stopped (power cut, kernel crash) may have lost unsynced writes
+//!   anywhere in the file. The projection records the boot it runs under and is synced when the
+//!   daemon stops cleanly; a projection left unclean under another boot is emptied and caught up
+//!   from the start of the log.
+//! - A projection that claims a position beyond the log (the log was restored from an older
+//!   copy) is emptied and caught up from the start too.
 
 use super::projection::CustomerProjection;
 use crate::storage::delivery::{parse_stored, prepare};
@@ -50,17 +57,23 @@ pub fn prepare_schema(conn: &Connection) -> rusqlite::Result<()> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM projection.sqlite_master WHERE type = 'table'")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if !tables.is_empty() {
+    if version != 0 {
         tracing::warn!(
             found = version,
             expected = SCHEMA_VERSION,
             "the projection file has another schema version: creating it again from the log"
         );
     }
+    create_schema(conn)
+}
+
+/// Drops whatever the projection file holds and creates this version's empty tables, at
+/// position 0.
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM projection.sqlite_master WHERE type = 'table'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     let tx = conn.unchecked_transaction()?;
     for table in tables {
         tx.execute_batch(&format!("DROP TABLE projection.\"{table}\""))?;
@@ -70,9 +83,67 @@ pub fn prepare_schema(conn: &Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// Where the running kernel says which boot this is (Linux).
+const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string(BOOT_ID_FILE)
+        .ok()
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+}
+
+/// Starts a run of the writer: empties a projection that an operating-system stop may have
+/// damaged (see the module's documentation), then records, synced, that this boot's run has not
+/// stopped cleanly yet. Returns whether the projection was emptied.
+pub fn begin_run(conn: &Connection) -> rusqlite::Result<bool> {
+    let (recorded, clean): (Option<String>, bool) = conn.query_row(
+        "SELECT boot_id, clean FROM projection.state WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let current = boot_id();
+    let trusted = clean || (recorded.is_some() && recorded == current);
+    if !trusted {
+        tracing::warn!(
+            "the daemon did not stop cleanly before the operating system last stopped: the \
+             projection may have lost writes, building it again from the log"
+        );
+        create_schema(conn)?;
+    }
+    with_synced_commits(conn, |conn| {
+        conn.execute(
+            "UPDATE projection.state SET boot_id = ?1, clean = 0 WHERE id = 1",
+            [current],
+        )
+        .map(drop)
+    })?;
+    Ok(!trusted)
+}
+
+/// Ends a run of the writer: marks the projection clean and checkpoints it, both synced, so
+/// that the next run trusts it whatever happens to the operating system meanwhile.
+pub fn end_run(conn: &Connection) -> rusqlite::Result<()> {
+    with_synced_commits(conn, |conn| {
+        conn.execute("UPDATE projection.state SET clean = 1 WHERE id = 1", [])?;
+        conn.query_row("PRAGMA projection.wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    })
+}
+
+/// Runs `work` with the projection's commits and checkpoints synced.
+fn with_synced_commits(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    conn.pragma_update(Some(SCHEMA), "synchronous", "FULL")?;
+    let result = work(conn);
+    conn.pragma_update(Some(SCHEMA), "synchronous", "OFF")?;
+    result
+}
+
 /// The id of the newest log event the projection reflects.
 pub fn position(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("SELECT event_id FROM projection.log_position WHERE id = 1")?
+    conn.prepare_cached("SELECT log_position FROM projection.state WHERE id = 1")?
         .query_row([], |r| r.get(0))
         .optional()
         .map(Option::unwrap_or_default)
@@ -81,7 +152,7 @@ pub fn position(conn: &Connection) -> rusqlite::Result<i64> {
 /// Records that the projection reflects the log up to event `event_id`, in the caller's
 /// transaction.
 pub fn set_position(conn: &Connection, event_id: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE projection.log_position SET event_id = ?1 WHERE id = 1")?
+    conn.prepare_cached("UPDATE projection.state SET log_position = ?1 WHERE id = 1")?
         .execute([event_id])?;
     Ok(())
 }
@@ -185,4 +256,54 @@ fn catch_up_chunk(
     set_position(&tx, reached)?;
     tx.commit()?;
     Ok(reached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sqlite::test_support::TestDb;
+
+    fn projected(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM customers", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn left_running(conn: &Connection, boot: Option<&str>) {
+        conn.execute_batch("INSERT OR REPLACE INTO customers (id, snapshot) VALUES ('c', '{}')")
+            .unwrap();
+        conn.execute(
+            "UPDATE projection.state SET boot_id = ?1, clean = 0, log_position = 0",
+            [boot],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_projection_left_running_under_this_boot_is_kept_and_one_of_another_boot_is_emptied() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        left_running(&conn, boot_id().as_deref());
+        assert!(!begin_run(&conn).unwrap(), "a killed process loses nothing");
+        assert_eq!(projected(&conn), 1);
+
+        left_running(&conn, Some("another boot"));
+        assert!(begin_run(&conn).unwrap());
+        assert_eq!(projected(&conn), 0);
+        let (boot, clean): (Option<String>, bool) = conn
+            .query_row("SELECT boot_id, clean FROM projection.state", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((boot, clean), (boot_id(), false), "this run is recorded");
+    }
+
+    #[test]
+    fn a_projection_that_stopped_cleanly_is_kept_under_any_boot() {
+        let db = TestDb::new();
+        let conn = db.connect();
+        left_running(&conn, Some("another boot"));
+        end_run(&conn).unwrap();
+        assert!(!begin_run(&conn).unwrap());
+        assert_eq!(projected(&conn), 1);
+    }
 }

@@ -33,10 +33,14 @@ CREATE INDEX projection.customers_by_created_ms ON customers (created_ms, countr
 CREATE INDEX projection.customers_by_updated_ms ON customers (updated_ms, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
 CREATE INDEX projection.customers_by_country_created_ms ON customers (country, created_ms) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
 
--- The id of the newest log event the projection reflects, committed with the changes it
--- covers.
-CREATE TABLE projection.log_position (
-    id       INTEGER PRIMARY KEY CHECK (id = 1),
-    event_id INTEGER NOT NULL
+-- `log_position`: the id of the newest log event the projection reflects, committed with the
+-- changes it covers. `boot_id` and `clean`: the boot of the operating system the daemon last
+-- ran under, and whether it stopped cleanly (everything synced); commits are not synced while
+-- it runs, so a projection left unclean by another boot may have lost writes anywhere.
+CREATE TABLE projection.state (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    log_position INTEGER NOT NULL,
+    boot_id      TEXT,
+    clean        INTEGER NOT NULL
 );
-INSERT INTO projection.log_position (id, event_id) VALUES (1, 0);
+INSERT INTO projection.state (id, log_position, boot_id, clean) VALUES (1, 0, NULL, 1);
