@@ -197,6 +197,7 @@ impl Running {
         ] {
             let (status, page, total) = self.get(list).await;
             assert_eq!(status, 200, "{list}: {page}");
+            assert!(!page.as_array().unwrap().is_empty(), "{list} lists nobody");
             served.insert(list.to_owned(), json!({"page": page, "total": total}));
         }
         Value::Object(served)
