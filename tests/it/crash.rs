@@ -7,6 +7,12 @@
 //! database must pass `PRAGMA integrity_check`, every acknowledged delivery must be in the event
 //! log, the projection must show at least the highest acknowledged revision of every customer,
 //! and every acknowledged body delivered again must be a `duplicate` (its dedupe key survived).
+//!
+//! The projection file may be left behind the event log (it is committed after the log, without
+//! a sync); a daemon starting then catches it up before it listens. That catch-up is killed too:
+//! with a projection restored from an early copy, thousands of events behind, the daemon is
+//! started and SIGKILLed again and again while it catches up, and must end with both files
+//! intact, every acknowledged delivery served, and a projection equal to a rebuild.
 
 use crate::common::*;
 use std::collections::HashMap;
@@ -29,6 +35,11 @@ const MIN_ACKS: usize = 150;
 const ACK_WAIT: Duration = Duration::from_secs(60);
 
 fn crash_config(dir: &Path) -> (PathBuf, PathBuf) {
+    crash_config_syncing(dir, "full")
+}
+
+/// The crash test's configuration with `storage.synchronous` set to `synchronous`.
+fn crash_config_syncing(dir: &Path, synchronous: &str) -> (PathBuf, PathBuf) {
     let db = dir.join("data").join("webhookd.db");
     let config = dir.join("config.toml");
     let text = format!(
@@ -38,7 +49,7 @@ listen = "127.0.0.1:0"
 
 [storage]
 path = "{db}"
-synchronous = "full"
+synchronous = "{synchronous}"
 
 [[auth.basic]]
 username = "{USER}"
@@ -428,4 +439,387 @@ async fn daemon_revision(daemon: &Daemon, client: &reqwest::Client, customer: &s
         .await
         .unwrap();
     view["revision"].as_i64().expect("projected revision")
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL while the projection catches up with the event log
+// ---------------------------------------------------------------------------------------------
+
+/// Customers seeded before the projection copy is taken, and after it: the restored copy is
+/// then thousands of applied events behind, more than two catch-up chunks.
+const EARLY_CUSTOMERS: usize = 100;
+const LATER_CUSTOMERS: usize = 2_500;
+/// Customers have from one to this many revisions, delivered revision after revision across all
+/// of them, so that every stretch of the log holds some customer's last revision: a stretch the
+/// catch-up lost would show.
+const LATER_REVISIONS: i64 = 8;
+const SEED_TASKS: usize = 16;
+/// Start-ups killed while the projection catches up.
+const CATCH_UP_CYCLES: usize = 6;
+/// The longest a blind cycle lets the daemon run before SIGKILL.
+const CATCH_UP_KILL_MAX_MS: u64 = 1_500;
+/// How long a watched cycle lets the daemon run once its projection moved.
+const AFTER_PROGRESS_MAX_MS: u64 = 30;
+
+/// Delivers revisions 1 to `1 + index % most` of customer `cus_catch_{index}` for every index in
+/// `customers`, each revision of all of them before the next, from [`SEED_TASKS`] concurrent
+/// clients; every answer must be 200 `applied`.
+async fn seed(
+    daemon: &Daemon,
+    client: &reqwest::Client,
+    customers: std::ops::Range<usize>,
+    most: i64,
+) -> Vec<Ack> {
+    let url = daemon.url("/webhooks/rebilly");
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..SEED_TASKS {
+        let (client, url) = (client.clone(), url.clone());
+        let customers = customers.clone();
+        tasks.spawn(async move {
+            let mut acks = Vec::new();
+            for revision in 1..=most {
+                let mine = customers.clone().skip(task).step_by(SEED_TASKS);
+                for index in mine.filter(|index| 1 + (*index as i64) % most >= revision) {
+                    let customer = format!("cus_catch_{index:05}");
+                    let body = customer_event(&customer, revision);
+                    let response = client
+                        .post(&url)
+                        .basic_auth(USER, Some(PASSWORD))
+                        .header("content-type", "application/json; charset=utf-8")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("seed delivery");
+                    assert_eq!(response.status(), 200, "{customer} revision {revision}");
+                    let json: serde_json::Value = response.json().await.unwrap();
+                    assert_eq!(json["status"], "applied", "{customer} revision {revision}");
+                    acks.push(Ack {
+                        event_id: json["eventId"].as_i64().unwrap(),
+                        customer,
+                        revision,
+                        status: "applied".to_owned(),
+                        body,
+                    });
+                }
+            }
+            acks
+        });
+    }
+    let mut acks = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        acks.extend(done.expect("seed task"));
+    }
+    acks
+}
+
+async fn start_daemon(config: &Path) -> Daemon {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || Daemon::start(&config))
+        .await
+        .unwrap()
+}
+
+/// SIGTERM and a clean exit, so that both files are checkpointed; returns the daemon's log.
+async fn stop_cleanly(daemon: Daemon) -> String {
+    sigterm(&daemon);
+    let mut daemon = daemon;
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let status = daemon.wait_exit(Duration::from_secs(30));
+        (status, daemon.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}:\n{log}");
+    log
+}
+
+/// `path` with `suffix` appended to its file name.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Copies a database file and whichever of its journals exist, as they are, to `to`.
+fn copy_with_journals(file: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(beside(to, suffix));
+        let source = beside(file, suffix);
+        if source.exists() {
+            std::fs::copy(&source, beside(to, suffix)).expect("copy a database file");
+        }
+    }
+}
+
+/// Copies the files a killed daemon left into `scratch` and returns the copy's event log path,
+/// so that opening them (which recovers and checkpoints their WAL) leaves the originals as the
+/// next start-up will find them.
+fn copy_database(db: &Path, scratch: &Path) -> PathBuf {
+    std::fs::create_dir_all(scratch).unwrap();
+    let copy = scratch.join("webhookd.db");
+    copy_with_journals(db, &copy);
+    copy_with_journals(
+        &rebilly_webhookd::storage::sqlite::projection_path(db),
+        &rebilly_webhookd::storage::sqlite::projection_path(&copy),
+    );
+    copy
+}
+
+/// `integrity_check` of the event log and of the projection file, and the projection's position.
+fn integrity_and_position(db: &Path) -> (String, String, i64) {
+    let conn = sqlite_connection(db);
+    let check = |schema: &str| -> String {
+        conn.query_row(&format!("PRAGMA {schema}.integrity_check"), [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let position = conn
+        .query_row(
+            "SELECT event_id FROM projection.log_position WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (check("main"), check("projection"), position)
+}
+
+/// The projection's position, read while a daemon writes (WAL lets a reader in).
+fn live_position(db: &Path) -> Option<i64> {
+    let projection = rebilly_webhookd::storage::sqlite::projection_path(db);
+    let conn = rusqlite::Connection::open_with_flags(
+        projection,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    conn.busy_timeout(Duration::from_millis(100)).ok()?;
+    conn.query_row("SELECT event_id FROM log_position WHERE id = 1", [], |r| {
+        r.get(0)
+    })
+    .ok()
+}
+
+/// How a catch-up cycle picks its moment.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// A random time after the start.
+    Blind(u64),
+    /// A random time after the projection's position first moved.
+    AfterProgress(u64),
+}
+
+/// Starts `serve` (its log in `log`) on a database whose projection is at `from`, waits for
+/// `moment`, and SIGKILLs it.
+async fn kill_during_start_up(config: &Path, db: &Path, from: i64, log: &Path, moment: Moment) {
+    let mut child = binary()
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("serve starts");
+    match moment {
+        Moment::Blind(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Moment::AfterProgress(ms) => {
+            let db = db.to_owned();
+            eventually_within(
+                Duration::from_secs(30),
+                "the projection's position moves",
+                || {
+                    let db = db.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || live_position(&db))
+                            .await
+                            .unwrap()
+                            .is_some_and(|now| now != from)
+                    }
+                },
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+    let _ = child.kill();
+    child.wait().expect("reap the daemon");
+}
+
+/// Two tables are equal row for row; else the first row that differs is named (whole tables of
+/// thousands of snapshots would drown it).
+fn assert_same_rows(actual: &[Vec<String>], expected: &[Vec<String>], what: &str) {
+    if let Some(row) =
+        (0..actual.len().max(expected.len())).find(|&i| actual.get(i) != expected.get(i))
+    {
+        panic!(
+            "{what}: {} rows for {} expected; row {row} begins {:?}, expected {:?}",
+            actual.len(),
+            expected.len(),
+            actual.get(row).map(|r| &r[..4]),
+            expected.get(row).map(|r| &r[..4])
+        );
+    }
+}
+
+/// Every customer the API lists, with its revision.
+async fn listed_revisions(daemon: &Daemon, client: &reqwest::Client) -> HashMap<String, i64> {
+    let mut listed = HashMap::new();
+    for offset in (0..).step_by(1000) {
+        let page: Vec<serde_json::Value> = client
+            .get(daemon.url(&format!("/customers?sort=id&limit=1000&offset={offset}")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for customer in page {
+            listed.insert(
+                customer["id"].as_str().unwrap().to_owned(),
+                customer["revision"].as_i64().unwrap(),
+            );
+        }
+    }
+    listed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_while_the_projection_catches_up_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (config, db) = crash_config_syncing(dir.path(), "normal");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+
+    // A projection copy from early on, then thousands of events it does not reflect.
+    let daemon = start_daemon(&config).await;
+    let mut acks = seed(&daemon, &client, 0..EARLY_CUSTOMERS, 2).await;
+    stop_cleanly(daemon).await;
+    let early = dir.path().join("early-projection");
+    copy_with_journals(
+        &rebilly_webhookd::storage::sqlite::projection_path(&db),
+        &early,
+    );
+    let (_, _, early_position) = integrity_and_position(&db);
+    let daemon = start_daemon(&config).await;
+    acks.extend(
+        seed(
+            &daemon,
+            &client,
+            EARLY_CUSTOMERS..LATER_CUSTOMERS,
+            LATER_REVISIONS,
+        )
+        .await,
+    );
+    stop_cleanly(daemon).await;
+    let newest = acks.iter().map(|a| a.event_id).max().unwrap();
+    let expected = customers_table(&db);
+    eprintln!(
+        "seeded {} events in {:?}; the early projection is at {early_position}",
+        acks.len(),
+        started.elapsed()
+    );
+    copy_with_journals(
+        &early,
+        &rebilly_webhookd::storage::sqlite::projection_path(&db),
+    );
+
+    let mut killed_mid_catch_up = 0;
+    let mut from = early_position;
+    for cycle in 0..CATCH_UP_CYCLES {
+        let moment = if cycle % 2 == 0 {
+            Moment::AfterProgress(fastrand::u64(..=AFTER_PROGRESS_MAX_MS))
+        } else {
+            Moment::Blind(fastrand::u64(..=CATCH_UP_KILL_MAX_MS))
+        };
+        let log = dir.path().join(format!("cycle-{cycle}.log"));
+        let cycle_started = std::time::Instant::now();
+        kill_during_start_up(&config, &db, from, &log, moment).await;
+        let copy = copy_database(&db, &dir.path().join("inspect"));
+        let (log_check, projection_check, position) = integrity_and_position(&copy);
+        eprintln!(
+            "catch-up cycle {cycle}: {moment:?}, killed after {:?} at position {position} \
+             (early {early_position}, newest {newest})",
+            cycle_started.elapsed()
+        );
+        assert_eq!(
+            log_check, "ok",
+            "the event log after SIGKILL in cycle {cycle}"
+        );
+        assert_eq!(
+            projection_check, "ok",
+            "the projection after SIGKILL in cycle {cycle}"
+        );
+        assert!(
+            (from..=newest).contains(&position),
+            "{position} from {from}"
+        );
+        // This start-up committed some of its catch-up, and not all of it.
+        let killed_mid_way = position > from && position < newest;
+        from = position;
+        if killed_mid_way {
+            killed_mid_catch_up += 1;
+            let text = std::fs::read_to_string(&log).unwrap();
+            assert!(
+                text.contains("catching the projection up with the event log"),
+                "{text}"
+            );
+        }
+        if position == newest && cycle + 1 < CATCH_UP_CYCLES {
+            // Caught up already, through the kills of earlier cycles: check it, and start
+            // again from the early copy.
+            assert_same_rows(
+                &customers_table(&copy),
+                &expected,
+                &format!("the projection caught up in cycle {cycle}"),
+            );
+            copy_with_journals(
+                &early,
+                &rebilly_webhookd::storage::sqlite::projection_path(&db),
+            );
+            from = early_position;
+        }
+    }
+    assert!(
+        killed_mid_catch_up > 0,
+        "no cycle killed the daemon in the middle of a catch-up"
+    );
+
+    let daemon = start_daemon(&config).await;
+    if from < newest {
+        let text = daemon.log_text();
+        assert!(
+            text.contains(&format!(
+                "catching the projection up with the event log from={from} "
+            )),
+            "{text}"
+        );
+    }
+    let highest = assert_logged(&db, &acks);
+    let listed = listed_revisions(&daemon, &client).await;
+    assert_eq!(listed.len(), highest.len(), "every customer is listed");
+    for (customer, revision) in &highest {
+        assert_eq!(listed.get(customer), Some(revision), "{customer}");
+    }
+    assert_projected(&daemon, &client, &highest).await;
+    stop_cleanly(daemon).await;
+
+    let (log_check, projection_check, position) = integrity_and_position(&db);
+    assert_eq!(
+        (log_check.as_str(), projection_check.as_str()),
+        ("ok", "ok")
+    );
+    assert_eq!(position, newest);
+    let caught_up = customers_table(&db);
+    assert_same_rows(&caught_up, &expected, "the caught-up projection");
+    let output = run_cli_async(&config, &["projection", "rebuild"]).await;
+    assert_success(&output);
+    assert_same_rows(&customers_table(&db), &caught_up, "the rebuilt projection");
+    eprintln!("done in {:?}", started.elapsed());
 }

@@ -26,6 +26,7 @@ mod pg_store;
 mod projection;
 mod properties;
 mod queries;
+mod recovery;
 mod replicas;
 mod retention;
 mod sync;
