@@ -576,7 +576,7 @@ fn integrity_and_position(db: &Path) -> (String, String, i64) {
     };
     let position = conn
         .query_row(
-            "SELECT event_id FROM projection.log_position WHERE id = 1",
+            "SELECT log_position FROM projection.state WHERE id = 1",
             [],
             |r| r.get(0),
         )
@@ -593,7 +593,7 @@ fn live_position(db: &Path) -> Option<i64> {
     )
     .ok()?;
     conn.busy_timeout(Duration::from_millis(100)).ok()?;
-    conn.query_row("SELECT event_id FROM log_position WHERE id = 1", [], |r| {
+    conn.query_row("SELECT log_position FROM state WHERE id = 1", [], |r| {
         r.get(0)
     })
     .ok()

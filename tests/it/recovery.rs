@@ -86,7 +86,7 @@ fn restore(copy: &Path, file: &Path) {
 fn projection_position(db: &Path) -> i64 {
     let conn = sqlite_connection(db);
     conn.query_row(
-        "SELECT event_id FROM projection.log_position WHERE id = 1",
+        "SELECT log_position FROM projection.state WHERE id = 1",
         [],
         |r| r.get(0),
     )
