@@ -138,6 +138,12 @@ impl Running {
 
     /// Delivers each body in turn; every one must be answered 200.
     async fn deliver_all(&self, bodies: &[Vec<u8>]) {
+        self.statuses(bodies).await;
+    }
+
+    /// Delivers each body in turn, each answered 200; returns the status each got.
+    async fn statuses(&self, bodies: &[Vec<u8>]) -> Vec<String> {
+        let mut statuses = Vec::with_capacity(bodies.len());
         for body in bodies {
             let response = self
                 .client
@@ -150,7 +156,10 @@ impl Running {
                 .await
                 .expect("deliver");
             assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(body));
+            let answer: Value = response.json().await.expect("a JSON answer");
+            statuses.push(answer["status"].as_str().unwrap_or_default().to_owned());
         }
+        statuses
     }
 
     async fn get(&self, path: &str) -> (u16, Value, Option<String>) {
@@ -448,6 +457,9 @@ async fn a_projection_file_that_is_missing_is_rebuilt_from_the_log() {
     let running = Running::start(&site.config).await;
     assert_served(&running.served().await, &served_before);
     assert_second_history_served(&running).await;
+    // The dedupe index came back with the projection: every redelivery is known.
+    let again = running.statuses(&first_history()).await;
+    assert!(again.iter().all(|s| s == "duplicate"), "{again:?}");
     let log = running.stop().await;
     assert!(
         log.lines().any(

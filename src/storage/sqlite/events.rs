@@ -9,13 +9,18 @@ use crate::storage::filter_sql::{self, Column, Dialect, Sql};
 use crate::storage::model::{EventDetail, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-pub fn insert(conn: &Connection, row: &EventRow<'_>) -> rusqlite::Result<()> {
+/// Appends a row to the log; `dedupe_key` is the key the event claimed, if it claimed one.
+pub fn insert(
+    conn: &Connection,
+    row: &EventRow<'_>,
+    dedupe_key: Option<&[u8; 32]>,
+) -> rusqlite::Result<()> {
     let body_size = row.body.map_or(0, <[u8]>::len) as i64;
     conn.prepare_cached(
         "INSERT INTO events (id, received_ms, event_type, customer_id, revision, status, error,
                              error_field, duplicate_of, body_size, body, projected_revision,
-                             source)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                             source, dedupe_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         row.id,
@@ -31,6 +36,7 @@ pub fn insert(conn: &Connection, row: &EventRow<'_>) -> rusqlite::Result<()> {
         row.body,
         row.projected_revision,
         row.source,
+        dedupe_key.map(<[u8; 32]>::as_slice),
     ])?;
     Ok(())
 }

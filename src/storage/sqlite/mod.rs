@@ -176,7 +176,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Recomputes the projection from the event log; see `writer::rebuild_projection`.
+    /// Recomputes the projection from the event log; see `projection_db::rebuild`.
     pub async fn rebuild_projection(
         &self,
         skip_unparsable: bool,
@@ -192,7 +192,7 @@ impl SqliteStore {
         skip_unparsable: bool,
         progress: impl Fn(u64, u64) + Send + 'static,
     ) -> Result<RebuildReport, StorageError> {
-        self.on_writer(move |conn| writer::rebuild_projection(conn, skip_unparsable, &progress))
+        self.on_writer(move |conn| projection_db::rebuild(conn, skip_unparsable, &progress))
             .await
     }
 

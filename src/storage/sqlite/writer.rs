@@ -15,13 +15,13 @@ use super::connection::{self, WriterOptions};
 use super::events;
 use super::projection::CustomerProjection;
 use super::projection_db;
-use super::{Ingested, NewDelivery, RebuildReport, Status, StorageError};
+use super::{Ingested, NewDelivery, Status, StorageError};
 use crate::event::Event;
 use crate::handlers::projection::Encoded;
 use crate::log_limit::{self, LogLimit};
 use crate::storage::delivery::{
     Batch, DedupeKeys, Delivery, EventRow, Reply, SYNC_SOURCE, answer_committed, answer_failed,
-    parse_stored, prepare, touched,
+    touched,
 };
 use rusqlite::{Connection, TransactionBehavior};
 use std::time::Instant;
@@ -247,7 +247,7 @@ fn ingest_one(
     delivery: &Delivery,
 ) -> rusqlite::Result<Ingested> {
     let row = classified_row(conn, projection, id, delivery)?;
-    events::insert(conn, &row)?;
+    events::insert(conn, &row, claimed_key(&row, delivery))?;
     Ok(Ingested {
         event_id: id,
         status: row.status,
@@ -269,11 +269,17 @@ pub(super) fn ingest_synced(
     let mut row = classified_row(&savepoint, projection, id, delivery)?;
     if matches!(row.status, Status::Applied | Status::Rejected) {
         row.source = SYNC_SOURCE;
-        events::insert(&savepoint, &row)?;
+        events::insert(&savepoint, &row, claimed_key(&row, delivery))?;
         savepoint.commit()?;
     }
     // Dropping the savepoint otherwise rolls back its dedupe claims.
     Ok(row.status)
+}
+
+/// The dedupe key the event of `row` claimed: every event that parsed claims its key, and is a
+/// duplicate when another owns it already.
+fn claimed_key<'a>(row: &EventRow<'_>, delivery: &'a Delivery) -> Option<&'a [u8; 32]> {
+    (delivery.inner.parsed.is_ok() && row.status != Status::Duplicate).then(|| delivery.keys.key())
 }
 
 /// The log row of one delivery, once its dedupe keys are claimed and the projection applied.
@@ -339,76 +345,6 @@ fn classify(
     }
     row.record_effect(projection.apply(conn, row.id, event, prepared)?);
     Ok(())
-}
-
-/// Events replayed between two progress reports of a rebuild.
-const REBUILD_PROGRESS_EVERY: u64 = 1024;
-
-/// Recomputes the projection and the dedupe keys from the event log alone, replaying every
-/// stored body in arrival order through the same rules as live ingest. Statuses in the log are
-/// history and stay as they are.
-///
-/// Retention keeps every body the projection rests on (see `events::prune_bodies`), so the
-/// replay reproduces the live projection: each customer's current snapshot, latest Experian
-/// check and merge are among the replayed bodies, and an older body that was pruned had been
-/// superseded by one of them. (This holds because rule 2 orders one customer's snapshots
-/// totally when they all carry revisions, as Rebilly's do, or all lack them; a history mixing
-/// both is not transitive, and pruning its middle could let a rebuild order it differently.)
-/// Dedupe keys owned by pruned events cannot be recomputed, so they
-/// are kept as they are: a redelivery of a pruned event stays a duplicate. A body that no
-/// longer parses fails the rebuild (nothing changes) unless `skip_unparsable` allows leaving
-/// it out; either way its id is reported.
-/// `progress` is told (events replayed, events to replay) as the replay goes.
-pub fn rebuild_projection(
-    conn: &mut Connection,
-    skip_unparsable: bool,
-    progress: &dyn Fn(u64, u64),
-) -> Result<RebuildReport, StorageError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let missing = events::pruned_foundations(&tx)?;
-    RebuildReport::check_foundations(&missing)?;
-    tx.execute_batch(
-        "DELETE FROM customers;
-         DELETE FROM dedupe_keys WHERE event_id IN (SELECT id FROM events WHERE body IS NOT NULL);",
-    )?;
-    let projection = CustomerProjection;
-    let mut report = RebuildReport::default();
-    let to_replay: u64 = tx.query_row(
-        "SELECT COUNT(*) FROM events WHERE body IS NOT NULL AND status != 'rejected'",
-        [],
-        |r| r.get(0),
-    )?;
-    progress(0, to_replay);
-    {
-        let mut statement = tx.prepare(
-            "SELECT id, body, source FROM events
-             WHERE body IS NOT NULL AND status != 'rejected' ORDER BY id",
-        )?;
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let body: Vec<u8> = row.get(1)?;
-            let source: String = row.get(2)?;
-            let Ok(event) = parse_stored(&body, &source) else {
-                report.skipped_unparsable.push(id);
-                continue;
-            };
-            let (keys, prepared) = prepare(&body, Some(&event));
-            let mut scratch = EventRow::new(id, 0, None);
-            classify(&tx, &projection, &mut scratch, &keys, &event, &prepared)?;
-            report.replayed += 1;
-            if report.replayed % REBUILD_PROGRESS_EVERY == 0 {
-                progress(report.replayed, to_replay);
-            }
-        }
-    }
-    progress(report.replayed, to_replay);
-    // On an error, dropping the transaction rolls back: the projection stays as it was.
-    let report = report.checked(skip_unparsable)?;
-    let newest: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
-    projection_db::set_position(&tx, newest)?;
-    tx.commit()?;
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
--- The customer projection moves to its own file, attached as `projection` (created beforehand
--- from its own schema), so that only the event log is synced when a delivery commits. The rows
--- projected so far move with it, and the position it reflects is the end of the log.
+-- The customer projection and the dedupe index move to their own file, attached as
+-- `projection` (created beforehand from its own schema), so that only the event log is synced
+-- when a delivery commits: its writes are appends, where the projection's and the dedupe
+-- index's land anywhere in their B-trees. What they hold so far moves with them, and the
+-- position they reflect is the end of the log.
 INSERT OR REPLACE INTO projection.customers (
     id, revision, updated_ms, event_id, snapshot, merged_into, experian_check,
     experian_event_id, email, first_name, last_name, company, country, city, website_id,
@@ -9,5 +11,14 @@ SELECT id, revision, updated_ms, event_id, snapshot, merged_into, experian_check
        experian_event_id, email, first_name, last_name, company, country, city, website_id,
        created_time, updated_time, search, created_ms
 FROM main.customers;
-UPDATE projection.state SET log_position = (SELECT COALESCE(MAX(id), 0) FROM main.events);
 DROP TABLE main.customers;
+
+-- From now on each event that claims a dedupe key keeps it in its row. The keys claimed before
+-- stay in the log as they are (an event of an older release may own two), never written again,
+-- so that the index can always be rebuilt from the log.
+ALTER TABLE main.events ADD COLUMN dedupe_key BLOB;
+ALTER TABLE main.dedupe_keys RENAME TO earlier_dedupe_keys;
+INSERT OR IGNORE INTO projection.dedupe_keys (key, event_id)
+    SELECT key, event_id FROM main.earlier_dedupe_keys;
+
+UPDATE projection.state SET log_position = (SELECT COALESCE(MAX(id), 0) FROM main.events);

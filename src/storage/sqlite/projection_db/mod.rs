@@ -18,9 +18,12 @@
 //! - A projection that claims a position beyond the log (the log was restored from an older
 //!   copy) is emptied and caught up from the start too.
 
+use super::events;
 use super::projection::CustomerProjection;
+use crate::storage::StorageError;
 use crate::storage::delivery::{parse_stored, prepare};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use crate::storage::model::RebuildReport;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 
 /// The schema name the projection file is attached under.
@@ -162,21 +165,9 @@ fn newest_event(conn: &Connection) -> rusqlite::Result<i64> {
         .query_row([], |r| r.get(0))
 }
 
-/// What a catch-up did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CatchUp {
-    /// Applied events replayed into the projection.
-    pub replayed: u64,
-    /// Applied events skipped: their body was pruned, or no longer parses.
-    pub skipped: u64,
-    /// The projection claimed a position beyond the log and was emptied first.
-    pub was_ahead: bool,
-}
-
 /// Brings the projection level with the log; see the module's documentation. Each chunk of
 /// events is committed with the position it reaches.
-pub fn catch_up(conn: &mut Connection) -> rusqlite::Result<CatchUp> {
-    let mut report = CatchUp::default();
+pub fn catch_up(conn: &mut Connection) -> rusqlite::Result<()> {
     let newest = newest_event(conn)?;
     let mut position = position(conn)?;
     if position > newest {
@@ -187,75 +178,166 @@ pub fn catch_up(conn: &mut Connection) -> rusqlite::Result<CatchUp> {
              from a copy?): building it again from the log"
         );
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch("DELETE FROM projection.customers")?;
-        set_position(&tx, 0)?;
+        empty(&tx)?;
         tx.commit()?;
-        report.was_ahead = true;
         position = 0;
     }
     if position == newest {
-        return Ok(report);
+        return Ok(());
     }
     tracing::info!(
         from = position,
         to = newest,
         "catching the projection up with the event log"
     );
+    let mut report = RebuildReport::default();
     while position < newest {
-        position = catch_up_chunk(conn, position, newest, &mut report)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        position = replay(&tx, position, newest, CATCH_UP_CHUNK, &mut report, &|_| {})?;
+        set_position(&tx, position)?;
+        tx.commit()?;
+    }
+    if !report.skipped_unparsable.is_empty() {
+        tracing::warn!(
+            events = ?report.skipped_unparsable,
+            "applied events whose stored bodies no longer parse were left out of the projection"
+        );
     }
     tracing::info!(
         replayed = report.replayed,
-        skipped = report.skipped,
         "the projection is level with the event log"
     );
-    Ok(report)
+    Ok(())
 }
 
-/// Applies up to [`CATCH_UP_CHUNK`] applied events after `after` (up to `newest`) and commits
-/// them with the position reached; returns that position.
-fn catch_up_chunk(
-    conn: &mut Connection,
+/// Empties the projection and its dedupe index, and puts back the keys claimed before events
+/// kept their own: the state before the first event, at position 0.
+fn empty(tx: &Connection) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "DELETE FROM projection.customers;
+         DELETE FROM projection.dedupe_keys;
+         INSERT INTO projection.dedupe_keys (key, event_id)
+             SELECT key, event_id FROM main.earlier_dedupe_keys;",
+    )?;
+    set_position(tx, 0)
+}
+
+/// Replays the log after event `after`, up to event `until` and at most `limit` events, into the
+/// projection: each event's dedupe key is claimed again, and each applied event applied again,
+/// in the order and with the ids they arrived with. Applied events whose body was pruned are
+/// passed (retention kept the bodies that superseded them; see `events::prune_bodies`); those
+/// whose body no longer parses are passed and reported. Returns the id reached.
+fn replay(
+    tx: &Connection,
     after: i64,
-    newest: i64,
-    report: &mut CatchUp,
+    until: i64,
+    limit: usize,
+    report: &mut RebuildReport,
+    progress: &dyn Fn(u64),
 ) -> rusqlite::Result<i64> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let projection = CustomerProjection;
-    let mut reached = newest;
-    {
-        let mut statement = tx.prepare_cached(
-            "SELECT id, body, source FROM events
-             WHERE id > ?1 AND id <= ?2 AND status = 'applied'
-             ORDER BY id LIMIT ?3",
-        )?;
-        let mut rows = statement.query((after, newest, CATCH_UP_CHUNK as i64))?;
-        let mut seen = 0;
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let body: Option<Vec<u8>> = row.get(1)?;
-            let source: String = row.get(2)?;
-            seen += 1;
-            if seen == CATCH_UP_CHUNK {
-                reached = id;
+    let mut statement = tx.prepare_cached(
+        "SELECT id, status = 'applied', dedupe_key FROM events
+         WHERE id > ?1 AND id <= ?2 AND (status = 'applied' OR dedupe_key IS NOT NULL)
+         ORDER BY id LIMIT ?3",
+    )?;
+    let mut claim = tx.prepare_cached(
+        "INSERT INTO projection.dedupe_keys (key, event_id) VALUES (?1, ?2)
+         ON CONFLICT DO NOTHING",
+    )?;
+    // SQLite reads a negative limit as none.
+    let limit_sql = i64::try_from(limit).unwrap_or(-1);
+    let mut rows = statement.query((after, until, limit_sql))?;
+    let mut seen = 0;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        seen += 1;
+        if let Some(key) = row.get_ref(2)?.as_blob_or_null()? {
+            claim.execute(params![key, id])?;
+        }
+        if row.get::<_, bool>(1)? {
+            apply_logged(tx, &projection, id, report)?;
+            if report.replayed % PROGRESS_EVERY == 0 {
+                progress(report.replayed);
             }
-            // A pruned body was superseded by one retention kept (see `events::prune_bodies`).
-            let Some(body) = body else {
-                report.skipped += 1;
-                continue;
-            };
-            let Ok(event) = parse_stored(&body, &source) else {
-                report.skipped += 1;
-                continue;
-            };
-            let (_, encoded) = prepare(&body, Some(&event));
-            projection.apply(&tx, id, &event, &encoded)?;
-            report.replayed += 1;
+        }
+        if seen == limit {
+            return Ok(id);
         }
     }
-    set_position(&tx, reached)?;
+    Ok(until)
+}
+
+/// Applies logged event `id` to the projection again, unless its body was pruned or no longer
+/// parses (reported).
+fn apply_logged(
+    tx: &Connection,
+    projection: &CustomerProjection,
+    id: i64,
+    report: &mut RebuildReport,
+) -> rusqlite::Result<()> {
+    let Some((body, source)) = stored_body(tx, id)? else {
+        return Ok(());
+    };
+    let Ok(event) = parse_stored(&body, &source) else {
+        report.skipped_unparsable.push(id);
+        return Ok(());
+    };
+    let (_, encoded) = prepare(&body, Some(&event));
+    projection.apply(tx, id, &event, &encoded)?;
+    report.replayed += 1;
+    Ok(())
+}
+
+/// The body of event `id` and its source, unless pruned.
+fn stored_body(tx: &Connection, id: i64) -> rusqlite::Result<Option<(Vec<u8>, String)>> {
+    tx.prepare_cached("SELECT body, source FROM events WHERE id = ?1 AND body IS NOT NULL")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+/// Applied events replayed between two progress reports of a rebuild.
+const PROGRESS_EVERY: u64 = 1024;
+
+/// Recomputes the projection and the dedupe index from the event log alone, in one
+/// transaction. Statuses in the log are history and stay as they are.
+///
+/// Retention keeps every body the projection rests on (see `events::prune_bodies`), so the
+/// replay reproduces the live projection: each customer's current snapshot, latest Experian
+/// check and merge are among the replayed bodies, and an older body that was pruned had been
+/// superseded by one of them. (This holds because rule 2 orders one customer's snapshots
+/// totally when they all carry revisions, as Rebilly's do, or all lack them; a history mixing
+/// both is not transitive, and pruning its middle could let a rebuild order it differently.)
+/// Dedupe keys are kept in the log rows, pruned or not, so the index comes back whole. A body
+/// that no longer parses fails the rebuild (nothing changes) unless `skip_unparsable` allows
+/// leaving it out; either way its id is reported. `progress` is told (events replayed, events
+/// to replay) as the replay goes.
+pub fn rebuild(
+    conn: &mut Connection,
+    skip_unparsable: bool,
+    progress: &dyn Fn(u64, u64),
+) -> Result<RebuildReport, StorageError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let missing = events::pruned_foundations(&tx)?;
+    RebuildReport::check_foundations(&missing)?;
+    let newest = newest_event(&tx)?;
+    let to_replay: u64 = tx.query_row(
+        "SELECT COUNT(*) FROM events WHERE status = 'applied' AND body IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    progress(0, to_replay);
+    empty(&tx)?;
+    let mut report = RebuildReport::default();
+    replay(&tx, 0, newest, usize::MAX, &mut report, &|replayed| {
+        progress(replayed, to_replay)
+    })?;
+    progress(report.replayed, to_replay);
+    set_position(&tx, newest)?;
+    // On an error, dropping the transaction rolls back: the projection stays as it was.
+    let report = report.checked(skip_unparsable)?;
     tx.commit()?;
-    Ok(reached)
+    Ok(report)
 }
 
 #[cfg(test)]

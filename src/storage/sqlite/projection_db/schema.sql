@@ -33,6 +33,15 @@ CREATE INDEX projection.customers_by_created_ms ON customers (created_ms, countr
 CREATE INDEX projection.customers_by_updated_ms ON customers (updated_ms, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
 CREATE INDEX projection.customers_by_country_created_ms ON customers (country, created_ms) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
 
+-- Dedupe through a constraint: the SHA-256 of each accepted body, or for customer events the
+-- SHA-256 of the (event type, customer id, revision) they describe. The first event to claim a
+-- key owns it. Each owner also keeps its key in its log row (`events.dedupe_key`), so this index
+-- is derived like the rest and rebuilt from the log.
+CREATE TABLE projection.dedupe_keys (
+    key      BLOB PRIMARY KEY,
+    event_id INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- `log_position`: the id of the newest log event the projection reflects, committed with the
 -- changes it covers. `boot_id` and `clean`: the boot of the operating system the daemon last
 -- ran under, and whether it stopped cleanly (everything synced); commits are not synced while
