@@ -13,7 +13,8 @@
 # BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_OUT (bench/out), BENCH_BUILD (1: build first),
 # BENCH_PAGE_SIZES ("new": the daemon creates its database; a number such as 4096 creates it
 # first with that page size, as a database of an older release has; several may be listed, each
-# measured on a database of its own; needs the sqlite3 shell).
+# measured on a database of its own; needs the sqlite3 shell), BENCH_PERF (1: a CPU profile of
+# each run with `perf record -g`, kept as bench/out/perf-SERVER-LOAD.data).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,7 @@ BENCH_THREADS=${BENCH_THREADS:-2}
 BENCH_OUT=${BENCH_OUT:-$ROOT/bench/out}
 BENCH_BUILD=${BENCH_BUILD:-1}
 BENCH_PAGE_SIZES=${BENCH_PAGE_SIZES:-new}
+BENCH_PERF=${BENCH_PERF:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/rebilly-webhookd
 SEED=$TARGET_DIR/release/examples/bench_seed
@@ -106,6 +108,10 @@ measure() {
   sync
   bytes0=$(write_bytes "$pid")
   ticks0=$(cpu_ticks "$pid")
+  if [[ $BENCH_PERF == 1 ]]; then
+    perf record -F 999 -g -p "$pid" -o "$OUT/perf-${name//\//-}.data" -- sleep "$BENCH_SECONDS" \
+      >/dev/null 2>&1 &
+  fi
   BENCH_MODE=ingest BENCH_RUN="${name//[^A-Za-z0-9]/}$RANDOM" BENCH_AUTH="$AUTH" BENCH_CONNECTION_CLOSE=$close \
     wrk -t "$threads" -c "$connections" -d "${BENCH_SECONDS}s" --timeout 10s -s "$LUA" "$url" \
     >"$OUT/durable-${name//\//-}.txt" 2>&1 || die "wrk $name failed"

@@ -440,6 +440,74 @@ mod tests {
         store.close().await;
     }
 
+    fn created(id: &str) -> NewDelivery {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "eventType": "customer-created",
+            "customerId": id,
+            "_embedded": {"customer": {"id": id, "revision": 1}}
+        }))
+        .unwrap();
+        NewDelivery {
+            parsed: crate::event::parse(&body),
+            body: Bytes::from(body),
+            received_ms: now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&capped_settings(dir.path(), 0)).unwrap();
+        store
+            .on_writer(|conn| {
+                conn.execute_batch(
+                    "CREATE TRIGGER projection.refuse_poison BEFORE INSERT ON customers
+                     WHEN NEW.id = 'cus_poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // The writer is kept busy while the deliveries queue, so that they form one batch.
+        let busy = store.on_writer(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(())
+        });
+        let queue = async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut pending = Vec::new();
+            for id in ["cus_a", "cus_b", "cus_poison", "cus_c", "cus_d"] {
+                pending.push(store.enqueue(created(id)).await.unwrap());
+            }
+            pending
+        };
+        let (busy, pending) = tokio::join!(busy, queue);
+        busy.unwrap();
+        let mut answers = Vec::new();
+        for answer in pending {
+            answers.push(answer.await);
+        }
+        let Err(error) = &answers[2] else {
+            panic!("the poisoned delivery fails");
+        };
+        assert!(!error.is_transient(), "{error}");
+        let stored: Vec<(i64, Status)> = answers
+            .iter()
+            .filter_map(|answer| answer.as_ref().ok())
+            .map(|receipt| (receipt.event_id, receipt.status))
+            .collect();
+        assert_eq!(
+            stored,
+            (1..=4).map(|id| (id, Status::Applied)).collect::<Vec<_>>(),
+            "the others are committed, numbered without a gap"
+        );
+        for id in ["cus_a", "cus_b", "cus_c", "cus_d"] {
+            assert!(store.customer(id.into()).await.unwrap().is_some(), "{id}");
+        }
+        assert!(store.customer("cus_poison".into()).await.unwrap().is_none());
+        store.close().await;
+    }
+
     /// A customer snapshot of about 8 KiB, so that each revision needs fresh pages.
     fn delivery(revision: i64) -> NewDelivery {
         let notes = format!("{revision:08}").repeat(1024);

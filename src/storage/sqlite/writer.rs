@@ -29,6 +29,16 @@ use tokio::sync::{mpsc, watch};
 
 pub type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Each answer of a committed batch, and the id of its last event.
+type Applied = (Vec<Result<Ingested, StorageError>>, i64);
+
+/// How the deliveries of one batch are kept apart inside its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    Together,
+    EachDelivery,
+}
+
 /// What the writer thread is asked to do.
 pub enum Command {
     Ingest(Box<Delivery>, Reply),
@@ -176,15 +186,31 @@ impl Writer {
     }
 
     /// Runs every delivery of the batch in one transaction; returns each answer and the last id.
-    #[allow(clippy::type_complexity)]
-    fn apply_batch(
-        &mut self,
-        batch: &[(Box<Delivery>, Reply)],
-    ) -> rusqlite::Result<(Vec<Result<Ingested, StorageError>>, i64)> {
+    /// The batch first runs straight through; only when a delivery fails is it run again with a
+    /// savepoint around each delivery, so that the one that fails is rolled back alone. (A
+    /// savepoint copies every page a delivery changes before changing it: paying that on every
+    /// delivery cost more than the deliveries' own writes.)
+    fn apply_batch(&mut self, batch: &[(Box<Delivery>, Reply)]) -> rusqlite::Result<Applied> {
         if !self.projection_level {
             projection_db::catch_up(&mut self.conn)?;
             self.projection_level = true;
         }
+        match self.run_batch(batch, Isolation::Together)? {
+            Some(applied) => Ok(applied),
+            None => Ok(self
+                .run_batch(batch, Isolation::EachDelivery)?
+                .expect("a batch run with savepoints answers every delivery")),
+        }
+    }
+
+    /// One run of the batch in one transaction. Together, it gives up (`None`, nothing written)
+    /// at the first delivery that fails; each in its own savepoint, that delivery's answer is
+    /// its error.
+    fn run_batch(
+        &mut self,
+        batch: &[(Box<Delivery>, Reply)],
+        isolation: Isolation,
+    ) -> rusqlite::Result<Option<Applied>> {
         let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -195,19 +221,28 @@ impl Writer {
             })?;
         let mut answers = Vec::with_capacity(batch.len());
         for (delivery, _) in batch {
-            let mut savepoint = tx.savepoint()?;
-            match ingest_one(&savepoint, &self.projection, next_id, delivery) {
+            let result = match isolation {
+                Isolation::Together => ingest_one(&tx, &self.projection, next_id, delivery),
+                Isolation::EachDelivery => {
+                    let savepoint = tx.savepoint()?;
+                    let result = ingest_one(&savepoint, &self.projection, next_id, delivery);
+                    if result.is_ok() {
+                        savepoint.commit()?;
+                    }
+                    // Dropping the savepoint otherwise rolls the delivery back.
+                    result
+                }
+            };
+            match result {
                 Ok(ingested) => {
-                    savepoint.commit()?;
                     next_id += 1;
                     answers.push(Ok(ingested));
                 }
-                // A full disk or an I/O error can make SQLite roll back the whole transaction,
-                // savepoints and all: the batch fails with that cause, not with the savepoint
-                // it took along.
-                Err(error) if savepoint.is_autocommit() => return Err(error),
+                // A full disk or an I/O error can make SQLite roll back the whole transaction:
+                // the batch fails with that cause.
+                Err(error) if tx.is_autocommit() => return Err(error),
+                Err(_) if isolation == Isolation::Together => return Ok(None),
                 Err(error) => {
-                    savepoint.rollback()?;
                     if let Some(suppressed) = DELIVERY_FAILURES.admit() {
                         tracing::error!(
                             error = %error,
@@ -222,7 +257,7 @@ impl Writer {
         projection_db::set_position(&tx, next_id - 1)?;
         // The log commits (and syncs) first, then the projection, unsynced.
         tx.commit()?;
-        Ok((answers, next_id - 1))
+        Ok(Some((answers, next_id - 1)))
     }
 
     /// Leaves both files checkpointed, and the projection synced and marked clean.
