@@ -37,6 +37,19 @@ pub enum Column {
     /// spliced), as text: strings as they are, numbers and booleans as the JSON writes them;
     /// arrays, objects and null count as absent.
     SnapshotScalar(Vec<String>),
+    /// A column kept in another table rather than beside the row: the row matches when its
+    /// `key` is listed there (as `table.listed`) with a matching `column`. The table must list
+    /// every row whose value is not NULL.
+    Lookup(Lookup),
+}
+
+/// Where a looked-up column is kept; see [`Column::Lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookup {
+    pub key: &'static str,
+    pub table: &'static str,
+    pub listed: &'static str,
+    pub column: &'static str,
 }
 
 /// A bound value. Integers compare as integers (numbers and instants, the latter as Unix
@@ -102,6 +115,7 @@ impl Sql {
         match column {
             Column::Named(name) => self.push(name),
             Column::SnapshotScalar(path) => self.snapshot_scalar(path),
+            Column::Lookup(_) => unreachable!("a looked-up column is matched by write_clause"),
         }
     }
 
@@ -159,6 +173,10 @@ pub fn and_filter<F: Field>(sql: &mut Sql, filter: &Filter<F>, column: impl Fn(&
 fn write_clause<F: Field>(sql: &mut Sql, clause: &Clause<F>, column: &Column) {
     let positives: Vec<&Matcher> = clause.positives().collect();
     let negatives: Vec<&Matcher> = clause.negatives().collect();
+    if let Column::Lookup(lookup) = column {
+        write_lookup(sql, lookup, &positives, &negatives);
+        return;
+    }
     if !positives.is_empty() {
         sql.push("(");
         any_of(sql, &positives, column);
@@ -173,6 +191,27 @@ fn write_clause<F: Field>(sql: &mut Sql, clause: &Clause<F>, column: &Column) {
         sql.push(" IS NULL OR NOT (");
         any_of(sql, &negatives, column);
         sql.push("))");
+    }
+}
+
+/// A clause on a looked-up column: the row's key among those listed with a matching value, and
+/// not among those listed with a value the clause excludes (a row without a value is listed
+/// nowhere, so it matches only negatives, as a NULL beside the row would).
+fn write_lookup(sql: &mut Sql, lookup: &Lookup, positives: &[&Matcher], negatives: &[&Matcher]) {
+    let column = Column::Named(lookup.column);
+    for (matchers, operator) in [(positives, "IN"), (negatives, "NOT IN")] {
+        if matchers.is_empty() {
+            continue;
+        }
+        if operator == "NOT IN" && !positives.is_empty() {
+            sql.push(" AND ");
+        }
+        sql.push(&format!(
+            "{} {operator} (SELECT {} FROM {} WHERE ",
+            lookup.key, lookup.listed, lookup.table
+        ));
+        any_of(sql, matchers, &column);
+        sql.push(")");
     }
 }
 

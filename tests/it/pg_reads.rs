@@ -251,6 +251,9 @@ async fn reads_answer_as_sqlite_does_for_the_same_history() {
         Some("id:..10,!3"),
         Some("receivedTime:2000-01-01T00:00:00Z.."),
         Some("customerId:cus_a0,x\u{0}"),
+        Some("customerId:!cus_a0"),
+        Some("customerId:cus_a0,cus_B1,!cus_B1;status:!duplicate"),
+        Some("customerId:!cus_a0,!cus_z2;revision:2.."),
     ] {
         for (limit, offset) in [("100", "0"), ("7", "5"), ("3", "900")] {
             let query = parse_event_query(&EventListOptions {

@@ -5,7 +5,7 @@ use crate::clock::rfc3339_ms;
 use crate::config::HandlerStart;
 use crate::query::{EventField, EventQuery};
 use crate::storage::delivery::EventRow;
-use crate::storage::filter_sql::{self, Column, Dialect, Sql};
+use crate::storage::filter_sql::{self, Column, Dialect, Lookup, Sql};
 use crate::storage::model::{EventDetail, EventRecord, HandlerAttempt, PruneKey, PruneStep};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -38,6 +38,19 @@ pub fn insert(
         row.source,
         dedupe_key.map(<[u8; 32]>::as_slice),
     ])?;
+    if let Some(customer) = row.customer_id {
+        list_by_customer(conn, customer, row.id)?;
+    }
+    Ok(())
+}
+
+/// Lists event `event_id` under its customer, for [`EventField::CustomerId`] filters.
+pub fn list_by_customer(conn: &Connection, customer: &str, event_id: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO projection.customer_events (customer_id, event_id) VALUES (?1, ?2)
+         ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![customer, event_id])?;
     Ok(())
 }
 
@@ -105,11 +118,19 @@ fn record(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
     })
 }
 
-/// The event log column behind each filter field.
+/// The event log column behind each filter field. The customer is looked up in the
+/// projection file's list of events by customer: the log has no index on it.
 fn column(field: &EventField) -> Column {
     Column::Named(match field {
         EventField::Id => "id",
-        EventField::CustomerId => "customer_id",
+        EventField::CustomerId => {
+            return Column::Lookup(Lookup {
+                key: "id",
+                table: "projection.customer_events",
+                listed: "event_id",
+                column: "customer_id",
+            });
+        }
         EventField::EventType => "event_type",
         EventField::Status => "status",
         EventField::Revision => "revision",

@@ -6,6 +6,7 @@
 //! reads run on pooled WAL reader connections in the blocking pool. No rusqlite call ever runs
 //! on an async worker thread.
 
+mod checkpointer;
 mod connection;
 mod customers;
 mod events;
@@ -44,7 +45,8 @@ struct Shared {
     readers: Readers,
     /// The id of the newest committed event; asynchronous handlers wait on it.
     committed: watch::Receiver<i64>,
-    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer, then the checkpointer (which ends once the writer has).
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// The SQLite store; cheap to clone.
@@ -72,6 +74,7 @@ impl SqliteStore {
         crate::telemetry::record_log_size(last_id);
         let (committed_tx, committed) = watch::channel(last_id);
         let (commands, receiver) = mpsc::channel(settings.queue_capacity);
+        let checkpointer = checkpointer::spawn(options.clone(), committed.clone())?;
         let writer = writer::spawn(
             writer::Setup {
                 conn,
@@ -86,7 +89,7 @@ impl SqliteStore {
                 commands,
                 readers: Readers::new(settings.path.clone()),
                 committed,
-                writer: std::sync::Mutex::new(Some(writer)),
+                threads: std::sync::Mutex::new(vec![writer, checkpointer]),
             }),
         })
     }
@@ -318,14 +321,10 @@ impl SqliteStore {
         if self.shared.commands.send(Command::Stop(stop)).await.is_ok() {
             let _ = done.await;
         }
-        let handle = self
-            .shared
-            .writer
-            .lock()
-            .expect("writer handle lock")
-            .take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        let threads =
+            std::mem::take(&mut *self.shared.threads.lock().expect("thread handles lock"));
+        for thread in threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
 }

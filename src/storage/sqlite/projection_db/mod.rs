@@ -210,12 +210,13 @@ pub fn catch_up(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Empties the projection and its dedupe index, and puts back the keys claimed before events
+/// Empties the projection, its dedupe index and its list of events by customer, and puts back the keys claimed before events
 /// kept their own: the state before the first event, at position 0.
 fn empty(tx: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch(
         "DELETE FROM projection.customers;
          DELETE FROM projection.dedupe_keys;
+         DELETE FROM projection.customer_events;
          INSERT INTO projection.dedupe_keys (key, event_id)
              SELECT key, event_id FROM main.earlier_dedupe_keys;",
     )?;
@@ -223,8 +224,8 @@ fn empty(tx: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Replays the log after event `after`, up to event `until` and at most `limit` events, into the
-/// projection: each event's dedupe key is claimed again, and each applied event applied again,
-/// in the order and with the ids they arrived with. Applied events whose body was pruned are
+/// projection: each event's dedupe key is claimed again and its customer listed again, and each
+/// applied event applied again, in the order and with the ids they arrived with. Applied events whose body was pruned are
 /// passed (retention kept the bodies that superseded them; see `events::prune_bodies`); those
 /// whose body no longer parses are passed and reported. Returns the id reached.
 fn replay(
@@ -237,9 +238,8 @@ fn replay(
 ) -> rusqlite::Result<i64> {
     let projection = CustomerProjection;
     let mut statement = tx.prepare_cached(
-        "SELECT id, status = 'applied', dedupe_key FROM events
-         WHERE id > ?1 AND id <= ?2 AND (status = 'applied' OR dedupe_key IS NOT NULL)
-         ORDER BY id LIMIT ?3",
+        "SELECT id, status = 'applied', dedupe_key, customer_id FROM events
+         WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
     )?;
     let mut claim = tx.prepare_cached(
         "INSERT INTO projection.dedupe_keys (key, event_id) VALUES (?1, ?2)
@@ -254,6 +254,9 @@ fn replay(
         seen += 1;
         if let Some(key) = row.get_ref(2)?.as_blob_or_null()? {
             claim.execute(params![key, id])?;
+        }
+        if let Some(customer) = row.get_ref(3)?.as_str_or_null()? {
+            events::list_by_customer(tx, customer, id)?;
         }
         if row.get::<_, bool>(1)? {
             apply_logged(tx, &projection, id, report)?;

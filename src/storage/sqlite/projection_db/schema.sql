@@ -42,6 +42,14 @@ CREATE TABLE projection.dedupe_keys (
     event_id INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- The log's events by customer, for listing one customer's events: an index of the log kept
+-- here, because its entries land anywhere and the log is written only at its end.
+CREATE TABLE projection.customer_events (
+    customer_id TEXT NOT NULL,
+    event_id    INTEGER NOT NULL,
+    PRIMARY KEY (customer_id, event_id)
+) WITHOUT ROWID;
+
 -- `log_position`: the id of the newest log event the projection reflects, committed with the
 -- changes it covers. `boot_id` and `clean`: the boot of the operating system the daemon last
 -- ran under, and whether it stopped cleanly (everything synced); commits are not synced while
