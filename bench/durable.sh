@@ -13,7 +13,8 @@
 # BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_OUT (bench/out), BENCH_BUILD (1: build first),
 # BENCH_PAGE_SIZES ("new": the daemon creates its database; a number such as 4096 creates it
 # first with that page size, as a database of an older release has; several may be listed, each
-# measured on a database of its own; needs the sqlite3 shell), BENCH_PERF (1: a CPU profile of
+# measured on a database of its own; needs the sqlite3 shell), BENCH_PROJECTION_PAGE_SIZE (empty:
+# the daemon creates its projection file; a number creates it first with that page size), BENCH_PERF (1: a CPU profile of
 # each run with `perf record -g`, kept as bench/out/perf-SERVER-LOAD.data).
 set -euo pipefail
 
@@ -27,6 +28,7 @@ BENCH_OUT=${BENCH_OUT:-$ROOT/bench/out}
 BENCH_BUILD=${BENCH_BUILD:-1}
 BENCH_PAGE_SIZES=${BENCH_PAGE_SIZES:-new}
 BENCH_PERF=${BENCH_PERF:-0}
+BENCH_PROJECTION_PAGE_SIZE=${BENCH_PROJECTION_PAGE_SIZE:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/rebilly-webhookd
 SEED=$TARGET_DIR/release/examples/bench_seed
@@ -156,6 +158,11 @@ for size in $BENCH_SIZES; do
       name="daemon@$size/$pages"
       sqlite3 "$DB" "PRAGMA page_size = $pages; PRAGMA journal_mode = WAL; CREATE TABLE t (x); DROP TABLE t;" \
         >/dev/null || die "sqlite3 could not create $DB"
+    fi
+    if [[ -n $BENCH_PROJECTION_PAGE_SIZE ]]; then
+      name="$name/p$BENCH_PROJECTION_PAGE_SIZE"
+      sqlite3 "$DB-projection" "PRAGMA page_size = $BENCH_PROJECTION_PAGE_SIZE; PRAGMA journal_mode = WAL;
+        CREATE TABLE t (x); DROP TABLE t;" >/dev/null || die "sqlite3 could not create $DB-projection"
     fi
     log "$name: seeding the daemon's database to $size events"
     mapfile -t env_lines < <(daemon_env "$DB" normal)
