@@ -14,10 +14,7 @@ use serde_json::{Map, Value};
 /// The `WHERE` clause and its values. Merged-away customers, and ids known only from an
 /// Experian check without a snapshot, are not listed; the list indexes carry that condition.
 fn condition(query: &CustomerQuery) -> (String, Vec<rusqlite::types::Value>) {
-    let mut sql = Sql::new(
-        Dialect::Sqlite,
-        "merged_into IS NULL AND snapshot IS NOT NULL",
-    );
+    let mut sql = Sql::new(Dialect::Sqlite, "listed = 1");
     filter_sql::and_filter(&mut sql, &query.filter, column);
     if let Some(search) = &query.search {
         sql.push(" AND search LIKE ");
@@ -123,12 +120,12 @@ mod tests {
     fn the_total_and_the_page_come_from_one_snapshot() {
         let db = crate::storage::sqlite::test_support::TestDb::new();
         db.connect()
-            .execute_batch("INSERT INTO customers (id, snapshot) VALUES ('a', '{}'), ('b', '{}');")
+            .execute_batch("INSERT INTO customers (id, snapshot, listed) VALUES ('a', '{}', 1), ('b', '{}', 1);")
             .unwrap();
         let reader = db.connect();
         db.write_at_every_step(
             &reader,
-            "INSERT INTO customers (id, snapshot) VALUES (hex(randomblob(8)), '{}');",
+            "INSERT INTO customers (id, snapshot, listed) VALUES (hex(randomblob(8)), '{}', 1);",
         );
         let query = CustomerQuery::parse(&ListOptions {
             limit: Some("1000".into()),

@@ -7,6 +7,7 @@ use crate::clock::utc_rfc3339;
 use crate::event::{Customer, CustomerMerged, Event, ExperianCheck};
 use crate::handlers::projection::{Effect, Encoded, Stored, stale_reason, supersedes, updated_ms};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::LazyLock;
 
 /// The built-in projection of customers, applied on SQLite.
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,6 +82,63 @@ fn apply_snapshot(
     Ok(Effect::Applied)
 }
 
+/// The values a customer's list index entries are made of, as held or about to be written.
+#[derive(Debug, PartialEq, Eq)]
+struct ListKeys {
+    email: Option<String>,
+    last_name: Option<String>,
+    country: Option<String>,
+    created_ms: Option<i64>,
+    /// 1 for a customer lists show (a snapshot, not merged away), else NULL: the condition
+    /// every list index carries.
+    listed: Option<i64>,
+}
+
+/// The list keys the row of `id` holds, and whether it is merged away; `None` without a row.
+fn held_list_keys(conn: &Connection, id: &str) -> rusqlite::Result<Option<(ListKeys, bool)>> {
+    conn.prepare_cached(
+        "SELECT email, last_name, country, created_ms, listed, merged_into IS NOT NULL
+         FROM customers WHERE id = ?1",
+    )?
+    .query_row([id], |r| {
+        Ok((
+            ListKeys {
+                email: r.get(0)?,
+                last_name: r.get(1)?,
+                country: r.get(2)?,
+                created_ms: r.get(3)?,
+                listed: r.get(4)?,
+            },
+            r.get(5)?,
+        ))
+    })
+    .optional()
+}
+
+/// The columns every snapshot sets, in the order of the statements below (`?1` is the id).
+const SNAPSHOT_COLUMNS: &str = "revision = ?2, updated_ms = ?3, event_id = ?4, snapshot = ?5, \
+    first_name = ?6, company = ?7, city = ?8, website_id = ?9, created_time = ?10, \
+    updated_time = ?11, search = ?12";
+
+const INSERT: &str = "INSERT INTO customers (id, revision, updated_ms, event_id, snapshot, \
+    first_name, company, city, website_id, created_time, updated_time, search, email, last_name, \
+    country, created_ms, listed) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+static UPDATE_KEEPING_LIST_KEYS: LazyLock<String> =
+    LazyLock::new(|| format!("UPDATE customers SET {SNAPSHOT_COLUMNS} WHERE id = ?1"));
+static UPDATE_ALL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE customers SET {SNAPSHOT_COLUMNS}, email = ?13, last_name = ?14, country = ?15, \
+         created_ms = ?16, listed = ?17 WHERE id = ?1"
+    )
+});
+
+/// Writes a snapshot. An update sets the list keys (and so rewrites the list index entries
+/// made of them) only when one of them changed: SQLite rewrites the entries of every index
+/// that names a column the statement sets, even to the value it had. Rebilly's updates rarely
+/// change an email, a name, a country or a creation time, and every list index carries the
+/// `listed` condition, so an unchanged update rewrites the row and the updated-time index
+/// alone.
 fn write_snapshot(
     conn: &Connection,
     event_id: i64,
@@ -89,38 +147,49 @@ fn write_snapshot(
 ) -> rusqlite::Result<()> {
     let encoded = encoded.snapshot(customer);
     let fields = &encoded.fields;
-    conn.prepare_cached(
-        "INSERT INTO customers (id, revision, updated_ms, event_id, snapshot, email, first_name,
-                                last_name, company, country, city, website_id, created_time,
-                                updated_time, search, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-         ON CONFLICT (id) DO UPDATE SET
-             revision = excluded.revision, updated_ms = excluded.updated_ms,
-             event_id = excluded.event_id, snapshot = excluded.snapshot, email = excluded.email,
-             first_name = excluded.first_name, last_name = excluded.last_name,
-             company = excluded.company, country = excluded.country, city = excluded.city,
-             website_id = excluded.website_id, created_time = excluded.created_time,
-             updated_time = excluded.updated_time, search = excluded.search,
-             created_ms = excluded.created_ms",
-    )?
-    .execute(params![
-        customer.id.as_str(),
+    let id = customer.id.as_str();
+    let held = held_list_keys(conn, id)?;
+    let merged = held.as_ref().is_some_and(|(_, merged)| *merged);
+    let keys = ListKeys {
+        email: fields.email.clone(),
+        last_name: fields.last_name.clone(),
+        country: fields.country.clone(),
+        created_ms: fields.created_ms,
+        listed: (!merged).then_some(1),
+    };
+    let sql: &str = match &held {
+        None => INSERT,
+        Some((held, _)) if *held == keys => &UPDATE_KEEPING_LIST_KEYS,
+        Some(_) => &UPDATE_ALL,
+    };
+    let mut statement = conn.prepare_cached(sql)?;
+    let shared = params![
+        id,
         customer.revision.map(|r| r.get()),
         updated_ms(customer),
         event_id,
         encoded.json,
-        fields.email,
         fields.first_name,
-        fields.last_name,
         fields.company,
-        fields.country,
         fields.city,
         fields.website_id,
         fields.created_time,
         customer.updated_time.map(utc_rfc3339),
         fields.search,
-        fields.created_ms,
-    ])?;
+    ];
+    if matches!(&held, Some((held, _)) if *held == keys) {
+        statement.execute(shared)?;
+    } else {
+        let mut all: Vec<&dyn rusqlite::ToSql> = shared.to_vec();
+        all.extend_from_slice(params![
+            keys.email,
+            keys.last_name,
+            keys.country,
+            keys.created_ms,
+            keys.listed
+        ]);
+        statement.execute(all.as_slice())?;
+    }
     Ok(())
 }
 
@@ -134,7 +203,7 @@ fn apply_merge(
     let newly_merged = conn
         .prepare_cached(
             "INSERT INTO customers (id, merged_into) VALUES (?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET merged_into = excluded.merged_into
+             ON CONFLICT (id) DO UPDATE SET merged_into = excluded.merged_into, listed = NULL
              WHERE customers.merged_into IS NULL",
         )?
         .execute(params![duplicated.id.as_str(), merge.target_id.as_str()])?

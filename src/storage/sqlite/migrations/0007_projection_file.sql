@@ -6,10 +6,11 @@
 INSERT OR REPLACE INTO projection.customers (
     id, revision, updated_ms, event_id, snapshot, merged_into, experian_check,
     experian_event_id, email, first_name, last_name, company, country, city, website_id,
-    created_time, updated_time, search, created_ms)
+    created_time, updated_time, search, created_ms, listed)
 SELECT id, revision, updated_ms, event_id, snapshot, merged_into, experian_check,
        experian_event_id, email, first_name, last_name, company, country, city, website_id,
-       created_time, updated_time, search, created_ms
+       created_time, updated_time, search, created_ms,
+       CASE WHEN merged_into IS NULL AND snapshot IS NOT NULL THEN 1 END
 FROM main.customers;
 DROP TABLE main.customers;
 

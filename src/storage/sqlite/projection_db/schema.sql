@@ -4,8 +4,8 @@
 --
 -- The snapshot of the highest revision seen, plus merge and Experian state. The columns after
 -- `experian_event_id` are copies of snapshot fields for queries. List indexes cover exactly the
--- listed customers (the condition every list query carries), so that counts and sorted pages
--- are answered from the index alone; times are compared as integer Unix milliseconds.
+-- listed customers (`listed`, the condition every list query carries), so that counts and
+-- sorted pages are answered from the index alone; times are compared as integer Unix milliseconds.
 CREATE TABLE projection.customers (
     id                TEXT PRIMARY KEY,
     revision          INTEGER,
@@ -25,13 +25,17 @@ CREATE TABLE projection.customers (
     created_time      TEXT,
     updated_time      TEXT,
     search            TEXT,
-    created_ms        INTEGER
+    created_ms        INTEGER,
+    -- 1 for a customer lists show (a snapshot, not merged away), else NULL. Every list index
+    -- carries this condition rather than naming `snapshot`, so that writing a new snapshot
+    -- leaves the entries of unchanged keys alone.
+    listed            INTEGER
 );
-CREATE INDEX projection.customers_by_email ON customers (email) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
-CREATE INDEX projection.customers_by_last_name ON customers (last_name) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
-CREATE INDEX projection.customers_by_created_ms ON customers (created_ms, country, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
-CREATE INDEX projection.customers_by_updated_ms ON customers (updated_ms, id) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
-CREATE INDEX projection.customers_by_country_created_ms ON customers (country, created_ms) WHERE merged_into IS NULL AND snapshot IS NOT NULL;
+CREATE INDEX projection.customers_by_email ON customers (email) WHERE listed = 1;
+CREATE INDEX projection.customers_by_last_name ON customers (last_name) WHERE listed = 1;
+CREATE INDEX projection.customers_by_created_ms ON customers (created_ms, country, id) WHERE listed = 1;
+CREATE INDEX projection.customers_by_updated_ms ON customers (updated_ms, id) WHERE listed = 1;
+CREATE INDEX projection.customers_by_country_created_ms ON customers (country, created_ms) WHERE listed = 1;
 
 -- Dedupe through a constraint: the SHA-256 of each accepted body, or for customer events the
 -- SHA-256 of the (event type, customer id, revision) they describe. The first event to claim a
