@@ -15,6 +15,36 @@ pub fn sqlite_connection(db: &Path) -> rusqlite::Connection {
     conn
 }
 
+/// `path` with `suffix` appended to its file name, as SQLite names its `-wal` and `-shm`.
+pub fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    std::path::PathBuf::from(name)
+}
+
+/// Deletes a database file and whichever of its journals exist.
+pub fn remove_with_journals(file: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let path = beside(file, suffix);
+        if path.exists() {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
+/// Replaces `to` (and its journals) by a copy of the database file `file` and whichever of its
+/// journals exist, as they are.
+pub fn copy_with_journals(file: &Path, to: &Path) {
+    remove_with_journals(to);
+    for suffix in ["", "-wal", "-shm"] {
+        let source = beside(file, suffix);
+        if source.exists() {
+            std::fs::copy(&source, beside(to, suffix))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+        }
+    }
+}
+
 /// Every row of a query, as text, in the order the query gives.
 pub fn table(db: &Path, sql: &str) -> Vec<Vec<String>> {
     let conn = sqlite_connection(db);

@@ -198,6 +198,29 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
+    /// SIGTERM: the daemon stops accepting, answers what is in flight and checkpoints.
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "SIGTERM the daemon");
+    }
+
+    /// SIGTERM and a clean exit within 30 s; returns everything the daemon logged.
+    pub async fn stop_cleanly(self) -> String {
+        self.sigterm();
+        let mut daemon = self;
+        let (status, log) = tokio::task::spawn_blocking(move || {
+            let status = daemon.wait_exit(Duration::from_secs(30));
+            (status, daemon.log_text())
+        })
+        .await
+        .unwrap();
+        assert!(status.success(), "exit status {status:?}:\n{log}");
+        log
+    }
+
     /// SIGKILL, and reap the process.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL the daemon");

@@ -209,14 +209,6 @@ enum Kill {
     InShutdown(u64),
 }
 
-fn sigterm(daemon: &Daemon) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &daemon.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "SIGTERM the daemon");
-}
-
 /// Loads the daemon until `kill_at` deliveries are acknowledged, kills it as `kill` says, and
 /// returns every acknowledgement with each task's customers.
 async fn load_until_killed(
@@ -252,7 +244,7 @@ async fn load_until_killed(
     .await;
     progress.killing.store(true, Ordering::SeqCst);
     if let Kill::InShutdown(after_ms) = kill {
-        sigterm(daemon);
+        daemon.sigterm();
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
     }
     // The daemon may have finished its shutdown already; SIGKILL then finds it exited.
@@ -428,16 +420,21 @@ async fn acknowledged_deliveries_survive_sigkill() {
     assert_eq!(json["status"], "applied");
 }
 
-async fn daemon_revision(daemon: &Daemon, client: &reqwest::Client, customer: &str) -> i64 {
-    let view: serde_json::Value = client
-        .get(daemon.url(&format!("/customers/{customer}")))
+/// A query endpoint's JSON answer.
+async fn api_json(daemon: &Daemon, client: &reqwest::Client, path: &str) -> serde_json::Value {
+    client
+        .get(daemon.url(path))
         .bearer_auth(API_TOKEN)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn daemon_revision(daemon: &Daemon, client: &reqwest::Client, customer: &str) -> i64 {
+    let view = api_json(daemon, client, &format!("/customers/{customer}")).await;
     view["revision"].as_i64().expect("projected revision")
 }
 
@@ -517,38 +514,6 @@ async fn start_daemon(config: &Path) -> Daemon {
     tokio::task::spawn_blocking(move || Daemon::start(&config))
         .await
         .unwrap()
-}
-
-/// SIGTERM and a clean exit, so that both files are checkpointed; returns the daemon's log.
-async fn stop_cleanly(daemon: Daemon) -> String {
-    sigterm(&daemon);
-    let mut daemon = daemon;
-    let (status, log) = tokio::task::spawn_blocking(move || {
-        let status = daemon.wait_exit(Duration::from_secs(30));
-        (status, daemon.log_text())
-    })
-    .await
-    .unwrap();
-    assert!(status.success(), "exit status {status:?}:\n{log}");
-    log
-}
-
-/// `path` with `suffix` appended to its file name.
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Copies a database file and whichever of its journals exist, as they are, to `to`.
-fn copy_with_journals(file: &Path, to: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(beside(to, suffix));
-        let source = beside(file, suffix);
-        if source.exists() {
-            std::fs::copy(&source, beside(to, suffix)).expect("copy a database file");
-        }
-    }
 }
 
 /// Copies the files a killed daemon left into `scratch` and returns the copy's event log path,
@@ -665,15 +630,9 @@ fn assert_same_rows(actual: &[Vec<String>], expected: &[Vec<String>], what: &str
 async fn listed_revisions(daemon: &Daemon, client: &reqwest::Client) -> HashMap<String, i64> {
     let mut listed = HashMap::new();
     for offset in (0..).step_by(1000) {
-        let page: Vec<serde_json::Value> = client
-            .get(daemon.url(&format!("/customers?sort=id&limit=1000&offset={offset}")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let path = format!("/customers?sort=id&limit=1000&offset={offset}");
+        let page = api_json(daemon, client, &path).await;
+        let page = page.as_array().expect("a list");
         if page.is_empty() {
             break;
         }
@@ -700,7 +659,7 @@ async fn sigkill_while_the_projection_catches_up_loses_nothing() {
     // A projection copy from early on, then thousands of events it does not reflect.
     let daemon = start_daemon(&config).await;
     let mut acks = seed(&daemon, &client, 0..EARLY_CUSTOMERS, 2).await;
-    stop_cleanly(daemon).await;
+    daemon.stop_cleanly().await;
     let early = dir.path().join("early-projection");
     copy_with_journals(
         &rebilly_webhookd::storage::sqlite::projection_path(&db),
@@ -717,7 +676,7 @@ async fn sigkill_while_the_projection_catches_up_loses_nothing() {
         )
         .await,
     );
-    stop_cleanly(daemon).await;
+    daemon.stop_cleanly().await;
     let newest = acks.iter().map(|a| a.event_id).max().unwrap();
     let expected = customers_table(&db);
     eprintln!(
@@ -808,7 +767,7 @@ async fn sigkill_while_the_projection_catches_up_loses_nothing() {
         assert_eq!(listed.get(customer), Some(revision), "{customer}");
     }
     assert_projected(&daemon, &client, &highest).await;
-    stop_cleanly(daemon).await;
+    daemon.stop_cleanly().await;
 
     let (log_check, projection_check, position) = integrity_and_position(&db);
     assert_eq!(

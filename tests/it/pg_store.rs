@@ -643,30 +643,18 @@ async fn losing_the_database_answers_transient_errors_and_recovers_by_itself() {
     relay.cut();
 }
 
-#[tokio::test]
-async fn a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
-    let url = database_or_skip!();
-    let postgres = open_postgres(&url);
-    postgres.store.probe_write().await.unwrap();
-    // A defect of one delivery's own (a constraint of the operator's, here), never transient.
-    connect(&url)
-        .await
-        .batch_execute(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF NEW.id = 'cus_poison' THEN RAISE EXCEPTION 'poisoned customer'; END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON customers
-                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-        )
-        .await
-        .unwrap();
+/// Five deliveries queued at once, the third of which the database refuses (a constraint of
+/// the operator's): it fails alone, not transient, and the others commit, numbered without a
+/// gap. `customers` lists the projected ids.
+async fn assert_a_refused_delivery_fails_alone(
+    store: &Store,
+    customers: impl AsyncFn() -> Vec<String>,
+) {
     let bodies: Vec<Vec<u8>> = ["cus_a", "cus_b", "cus_poison", "cus_c", "cus_d"]
         .iter()
         .map(|id| customer_event("customer-created", id, 1, json!({})))
         .collect();
-    let pipeline = Pipeline::new(postgres.store.clone());
+    let pipeline = Pipeline::new(store.clone());
     let mut pending = Vec::new();
     for body in &bodies {
         pending.push(pipeline.enqueue(authenticated(body)).await.unwrap());
@@ -689,11 +677,62 @@ async fn a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
         (1..=4).map(|id| (id, Status::Applied)).collect::<Vec<_>>(),
         "the others are committed, numbered without a gap"
     );
-    let ids: Vec<String> = postgres_customers(&url)
+    assert_eq!(customers().await, ["cus_a", "cus_b", "cus_c", "cus_d"]);
+}
+
+#[tokio::test]
+async fn a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
+    let url = database_or_skip!();
+    let postgres = open_postgres(&url);
+    postgres.store.probe_write().await.unwrap();
+    connect(&url)
         .await
-        .into_iter()
-        .map(|row| row.0)
-        .collect();
-    assert_eq!(ids, ["cus_a", "cus_b", "cus_c", "cus_d"]);
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.id = 'cus_poison' THEN RAISE EXCEPTION 'poisoned customer'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON customers
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .unwrap();
+    assert_a_refused_delivery_fails_alone(&postgres.store, async || {
+        postgres_customers(&url)
+            .await
+            .into_iter()
+            .map(|row| row.0)
+            .collect()
+    })
+    .await;
     postgres.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_delivery_the_database_refuses_fails_alone_and_its_batch_commits() {
+    let sqlite = open("");
+    sqlite.store.probe_write().await.unwrap();
+    let db = sqlite._dir.path().join("local.db");
+    sqlite_connection(&db)
+        .execute_batch(
+            "CREATE TRIGGER projection.refuse_poison BEFORE INSERT ON customers
+             WHEN NEW.id = 'cus_poison' BEGIN SELECT RAISE(ABORT, 'poisoned customer'); END;",
+        )
+        .unwrap();
+    // The write lock, held while the deliveries queue, gathers them into batches of several.
+    let lock = WriteLock::take(&db);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lock.release();
+    });
+    assert_a_refused_delivery_fails_alone(&sqlite.store, async || {
+        sqlite_customers(&sqlite)
+            .into_iter()
+            .map(|row| row.0)
+            .collect()
+    })
+    .await;
+    release.await.unwrap();
+    sqlite.store.close().await;
 }

@@ -42,46 +42,6 @@ impl Site {
     }
 }
 
-/// `path` with a suffix such as `-wal` appended to its name.
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Copies a stopped database file with its journals (if SQLite left any) to `to`.
-fn save(file: &Path, to: &Path) {
-    std::fs::copy(file, to).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
-    for suffix in ["-wal", "-shm"] {
-        let journal = beside(file, suffix);
-        if journal.exists() {
-            std::fs::copy(&journal, beside(to, suffix)).unwrap();
-        }
-    }
-}
-
-/// Deletes a stopped database file and its journals.
-fn remove(file: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let path = beside(file, suffix);
-        if path.exists() {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
-}
-
-/// Puts a copy made by [`save`] back in place of `file`, journals included.
-fn restore(copy: &Path, file: &Path) {
-    remove(file);
-    std::fs::copy(copy, file).unwrap();
-    for suffix in ["-wal", "-shm"] {
-        let journal = beside(copy, suffix);
-        if journal.exists() {
-            std::fs::copy(&journal, beside(file, suffix)).unwrap();
-        }
-    }
-}
-
 /// The log position the projection of a stopped database records.
 fn projection_position(db: &Path) -> i64 {
     let conn = sqlite_connection(db);
@@ -120,20 +80,7 @@ impl Running {
 
     /// SIGTERM, so that the daemon answers what is in flight and checkpoints; returns its log.
     async fn stop(self) -> String {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.daemon.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "SIGTERM the daemon");
-        let mut daemon = self.daemon;
-        let (status, log) = tokio::task::spawn_blocking(move || {
-            let status = daemon.wait_exit(Duration::from_secs(30));
-            (status, daemon.log_text())
-        })
-        .await
-        .unwrap();
-        assert!(status.success(), "exit status {status:?}:\n{log}");
-        log
+        self.daemon.stop_cleanly().await
     }
 
     /// Delivers each body in turn; every one must be answered 200.
@@ -359,7 +306,7 @@ async fn a_projection_behind_the_log_is_caught_up_at_start_up_and_equals_a_rebui
     let early_position = projection_position(&site.db);
     assert_eq!(early_position, newest_event(&site.db));
     let early = site.keep("early-projection");
-    save(&site.projection(), &early);
+    copy_with_journals(&site.projection(), &early);
 
     let running = Running::start(&site.config).await;
     running.deliver_all(&second_history()).await;
@@ -368,7 +315,7 @@ async fn a_projection_behind_the_log_is_caught_up_at_start_up_and_equals_a_rebui
     let table_before = customers_table(&site.db);
     assert!(newest_event(&site.db) > early_position);
 
-    restore(&early, &site.projection());
+    copy_with_journals(&early, &site.projection());
     assert_eq!(projection_position(&site.db), early_position);
     assert_ne!(
         customers_table(&site.db),
@@ -403,7 +350,7 @@ async fn a_projection_ahead_of_the_log_is_rebuilt_from_the_log() {
     let table_early = customers_table(&site.db);
     let early_newest = newest_event(&site.db);
     let early_log = site.keep("early-log");
-    save(&site.db, &early_log);
+    copy_with_journals(&site.db, &early_log);
 
     let running = Running::start(&site.config).await;
     running.deliver_all(&second_history()).await;
@@ -412,7 +359,7 @@ async fn a_projection_ahead_of_the_log_is_rebuilt_from_the_log() {
     let later_position = projection_position(&site.db);
     assert!(later_position > early_newest);
 
-    restore(&early_log, &site.db);
+    copy_with_journals(&early_log, &site.db);
     assert_eq!(newest_event(&site.db), early_newest);
     assert_eq!(projection_position(&site.db), later_position);
 
@@ -451,7 +398,7 @@ async fn a_projection_file_that_is_missing_is_rebuilt_from_the_log() {
     running.stop().await;
     let table_before = customers_table(&site.db);
 
-    remove(&site.projection());
+    remove_with_journals(&site.projection());
     assert!(!site.projection().exists());
 
     let running = Running::start(&site.config).await;
