@@ -210,22 +210,21 @@ pub fn catch_up(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Empties the projection, its dedupe index and its list of events by customer, and puts back the keys claimed before events
-/// kept their own: the state before the first event, at position 0.
+/// Empties the projection, its dedupe index and its list of events by customer: the state
+/// before the first event, at position 0.
 fn empty(tx: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch(
         "DELETE FROM projection.customers;
          DELETE FROM projection.dedupe_keys;
-         DELETE FROM projection.customer_events;
-         INSERT INTO projection.dedupe_keys (key, event_id)
-             SELECT key, event_id FROM main.earlier_dedupe_keys;",
+         DELETE FROM projection.customer_events;",
     )?;
     set_position(tx, 0)
 }
 
 /// Replays the log after event `after`, up to event `until` and at most `limit` events, into the
 /// projection: each event's dedupe key is claimed again and its customer listed again, and each
-/// applied event applied again, in the order and with the ids they arrived with. Applied events whose body was pruned are
+/// applied event applied again, in the order and with the ids they arrived with. From the start
+/// (`after` 0), the keys claimed before events kept their own in their rows are put back first. Applied events whose body was pruned are
 /// passed (retention kept the bodies that superseded them; see `events::prune_bodies`); those
 /// whose body no longer parses are passed and reported. Returns the id reached.
 fn replay(
@@ -247,6 +246,13 @@ fn replay(
     )?;
     // SQLite reads a negative limit as none.
     let limit_sql = i64::try_from(limit).unwrap_or(-1);
+    if after == 0 {
+        // Keys claimed before events kept their own come first: they belong to the oldest events.
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO projection.dedupe_keys (key, event_id)
+                 SELECT key, event_id FROM main.earlier_dedupe_keys",
+        )?;
+    }
     let mut rows = statement.query((after, until, limit_sql))?;
     let mut seen = 0;
     while let Some(row) = rows.next()? {
@@ -380,6 +386,28 @@ mod tests {
             })
             .unwrap();
         assert_eq!((boot, clean), (boot_id(), false), "this run is recorded");
+    }
+
+    #[test]
+    fn a_projection_caught_up_from_the_start_gets_back_the_keys_claimed_before_rows_kept_them() {
+        let db = TestDb::new();
+        let mut conn = db.connect();
+        conn.execute_batch(
+            "INSERT INTO events (id, received_ms, status, body_size) VALUES (1, 1, 'ignored', 0);
+             INSERT INTO earlier_dedupe_keys (key, event_id) VALUES (x'01', 1), (x'02', 1);
+             UPDATE projection.state SET log_position = 0;",
+        )
+        .unwrap();
+        catch_up(&mut conn).unwrap();
+        let keys: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM projection.dedupe_keys WHERE event_id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(keys, 2);
+        assert_eq!(position(&conn).unwrap(), 1);
     }
 
     #[test]
