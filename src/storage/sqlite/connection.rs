@@ -86,9 +86,9 @@ pub fn open_writer(options: &WriterOptions) -> rusqlite::Result<Connection> {
     open_projection(&conn)?;
     // Replaces SQLite's automatic checkpoint, which knows one size for every attached file.
     conn.wal_hook(Some(checkpoint_when_due));
-    // Each delivery runs in its own savepoint: keep the savepoint and statement journals in
-    // memory (a few pages per delivery) instead of temporary files, which tripled the bytes
-    // the writer wrote.
+    // A batch run again with a savepoint per delivery, and statement journals: kept in memory
+    // (a few pages per delivery) instead of temporary files, which tripled the bytes the
+    // writer wrote when every delivery had its savepoint.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     cap_size(&conn, options.max_size_bytes)?;
     Ok(conn)
@@ -192,6 +192,42 @@ mod tests {
         conn.execute("DELETE FROM t", []).unwrap();
         conn.execute("INSERT INTO t VALUES (zeroblob(65536))", [])
             .expect("freed pages are reused under the cap");
+    }
+
+    /// Frames in the WAL of `schema`, as a passive checkpoint reports them.
+    fn wal_frames(conn: &Connection, schema: &str) -> i64 {
+        conn.query_row(
+            &format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"),
+            [],
+            |r| r.get(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_writer_checkpoints_the_projection_in_small_steps_and_leaves_the_log_to_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&options(dir.path().join("hook.db"), 0)).unwrap();
+        conn.execute_batch("CREATE TABLE projection.t (b BLOB); CREATE TABLE main.t (b BLOB);")
+            .unwrap();
+        // About 1,600 projection pages and 3,200 log pages, in commits of a few pages each.
+        for _ in 0..400 {
+            conn.execute_batch(
+                "INSERT INTO projection.t VALUES (zeroblob(16000));
+                 INSERT INTO main.t VALUES (zeroblob(6000));",
+            )
+            .unwrap();
+        }
+        let projection = wal_frames(&conn, projection_db::SCHEMA);
+        assert!(
+            projection < i64::from(PROJECTION_CHECKPOINT_PAGES),
+            "the projection's WAL started over: {projection} frames"
+        );
+        let log = wal_frames(&conn, "main");
+        assert!(
+            log > 2 * i64::from(PROJECTION_CHECKPOINT_PAGES),
+            "{log} frames"
+        );
     }
 
     fn page_size(conn: &Connection) -> i64 {
