@@ -1,8 +1,8 @@
--- The customer projection, the dedupe index and the index by customer move to their own file, attached as
--- `projection` (created beforehand from its own schema), so that only the event log is synced
--- when a delivery commits: its writes are appends, where the others' land anywhere in their
--- B-trees. What they hold so far moves with them, and the
--- position they reflect is the end of the log.
+-- The customer projection, the dedupe index and the index by customer move to their own file,
+-- attached as `projection` (created beforehand from its own schema), so that only the event log
+-- is synced when a delivery commits: its writes are appends, where the others' land anywhere in
+-- their B-trees. What they hold so far moves with them, and the position they reflect is the
+-- end of the log.
 INSERT OR REPLACE INTO projection.customers (
     id, revision, updated_ms, event_id, snapshot, merged_into, experian_check,
     experian_event_id, email, first_name, last_name, company, country, city, website_id,
