@@ -32,54 +32,10 @@ impl CustomerProjection {
     }
 }
 
-fn stored(conn: &Connection, id: &str) -> rusqlite::Result<Option<Stored>> {
-    conn.prepare_cached(
-        "SELECT revision, updated_ms, event_id, snapshot IS NOT NULL, merged_into
-         FROM customers WHERE id = ?1",
-    )?
-    .query_row([id], |r| {
-        Ok(Stored {
-            revision: r.get(0)?,
-            updated_ms: r.get(1)?,
-            event_id: r.get(2)?,
-            has_snapshot: r.get(3)?,
-            merged_into: r.get(4)?,
-        })
-    })
-    .optional()
-}
-
-fn apply_customer_event(
-    conn: &Connection,
-    event_id: i64,
-    customer: &Customer,
-    encoded: &Encoded,
-) -> rusqlite::Result<Effect> {
-    let current = stored(conn, customer.id.as_str())?;
-    if let Some(target) = current.as_ref().and_then(|c| c.merged_into.as_ref()) {
-        return Ok(Effect::Stale(Some(format!(
-            "customer {} was merged into {target}",
-            customer.id
-        ))));
-    }
-    apply_snapshot(conn, event_id, customer, current.as_ref(), encoded)
-}
-
-/// Writes the snapshot if it supersedes what is stored.
-fn apply_snapshot(
-    conn: &Connection,
-    event_id: i64,
-    customer: &Customer,
-    current: Option<&Stored>,
-    encoded: &Encoded,
-) -> rusqlite::Result<Effect> {
-    if let Some(current) = current
-        && !supersedes(customer, event_id, current)
-    {
-        return Ok(Effect::Stale(Some(stale_reason(current))));
-    }
-    write_snapshot(conn, event_id, customer, encoded)?;
-    Ok(Effect::Applied)
+/// What a customer's row holds now: what the rules compare, and its list keys.
+struct Held {
+    stored: Stored,
+    keys: ListKeys,
 }
 
 /// The values a customer's list index entries are made of, as held or about to be written.
@@ -94,25 +50,65 @@ struct ListKeys {
     listed: Option<i64>,
 }
 
-/// The list keys the row of `id` holds, and whether it is merged away; `None` without a row.
-fn held_list_keys(conn: &Connection, id: &str) -> rusqlite::Result<Option<(ListKeys, bool)>> {
+/// The row of `id`, in one read; `None` without a row.
+fn held(conn: &Connection, id: &str) -> rusqlite::Result<Option<Held>> {
     conn.prepare_cached(
-        "SELECT email, last_name, country, created_ms, listed, merged_into IS NOT NULL
+        "SELECT revision, updated_ms, event_id, snapshot IS NOT NULL, merged_into,
+                email, last_name, country, created_ms, listed
          FROM customers WHERE id = ?1",
     )?
     .query_row([id], |r| {
-        Ok((
-            ListKeys {
-                email: r.get(0)?,
-                last_name: r.get(1)?,
-                country: r.get(2)?,
-                created_ms: r.get(3)?,
-                listed: r.get(4)?,
+        Ok(Held {
+            stored: Stored {
+                revision: r.get(0)?,
+                updated_ms: r.get(1)?,
+                event_id: r.get(2)?,
+                has_snapshot: r.get(3)?,
+                merged_into: r.get(4)?,
             },
-            r.get(5)?,
-        ))
+            keys: ListKeys {
+                email: r.get(5)?,
+                last_name: r.get(6)?,
+                country: r.get(7)?,
+                created_ms: r.get(8)?,
+                listed: r.get(9)?,
+            },
+        })
     })
     .optional()
+}
+
+fn apply_customer_event(
+    conn: &Connection,
+    event_id: i64,
+    customer: &Customer,
+    encoded: &Encoded,
+) -> rusqlite::Result<Effect> {
+    let current = held(conn, customer.id.as_str())?;
+    if let Some(target) = current.as_ref().and_then(|c| c.stored.merged_into.as_ref()) {
+        return Ok(Effect::Stale(Some(format!(
+            "customer {} was merged into {target}",
+            customer.id
+        ))));
+    }
+    apply_snapshot(conn, event_id, customer, current.as_ref(), encoded)
+}
+
+/// Writes the snapshot if it supersedes what is stored.
+fn apply_snapshot(
+    conn: &Connection,
+    event_id: i64,
+    customer: &Customer,
+    current: Option<&Held>,
+    encoded: &Encoded,
+) -> rusqlite::Result<Effect> {
+    if let Some(current) = current
+        && !supersedes(customer, event_id, &current.stored)
+    {
+        return Ok(Effect::Stale(Some(stale_reason(&current.stored))));
+    }
+    write_snapshot(conn, event_id, customer, current, encoded)?;
+    Ok(Effect::Applied)
 }
 
 /// The columns every snapshot sets, in the order of the statements below (`?1` is the id).
@@ -143,13 +139,13 @@ fn write_snapshot(
     conn: &Connection,
     event_id: i64,
     customer: &Customer,
+    held: Option<&Held>,
     encoded: &Encoded,
 ) -> rusqlite::Result<()> {
     let encoded = encoded.snapshot(customer);
     let fields = &encoded.fields;
     let id = customer.id.as_str();
-    let held = held_list_keys(conn, id)?;
-    let merged = held.as_ref().is_some_and(|(_, merged)| *merged);
+    let merged = held.is_some_and(|held| held.stored.merged_into.is_some());
     let keys = ListKeys {
         email: fields.email.clone(),
         last_name: fields.last_name.clone(),
@@ -157,9 +153,10 @@ fn write_snapshot(
         created_ms: fields.created_ms,
         listed: (!merged).then_some(1),
     };
-    let sql: &str = match &held {
+    let unchanged = held.is_some_and(|held| held.keys == keys);
+    let sql: &str = match held {
         None => INSERT,
-        Some((held, _)) if *held == keys => &UPDATE_KEEPING_LIST_KEYS,
+        Some(_) if unchanged => &UPDATE_KEEPING_LIST_KEYS,
         Some(_) => &UPDATE_ALL,
     };
     let mut statement = conn.prepare_cached(sql)?;
@@ -177,7 +174,7 @@ fn write_snapshot(
         customer.updated_time.map(utc_rfc3339),
         fields.search,
     ];
-    if matches!(&held, Some((held, _)) if *held == keys) {
+    if unchanged {
         statement.execute(shared)?;
     } else {
         let mut all: Vec<&dyn rusqlite::ToSql> = shared.to_vec();
@@ -212,7 +209,8 @@ fn apply_merge(
         // The merge is Rebilly's last description of the customer it deleted: keep it whatever
         // arrived before (even a higher revision), as nothing arriving after it can change it.
         // Otherwise the merged-away snapshot would depend on arrival order.
-        write_snapshot(conn, event_id, duplicated, encoded)?;
+        let merged_away = held(conn, duplicated.id.as_str())?;
+        write_snapshot(conn, event_id, duplicated, merged_away.as_ref(), encoded)?;
     }
     let target_applied = match &merge.target {
         Some(target) => apply_customer_event(conn, event_id, target, encoded)? == Effect::Applied,
