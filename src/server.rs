@@ -68,7 +68,12 @@ pub async fn run(
              only; use a long random token"
         );
     }
-    let store = Store::open(&settings.storage)?;
+    // Opening migrates the database and catches the projection up with the event log, which
+    // can take long after a crash: off the async workers. Connections wait in the listen queue.
+    let storage = settings.storage.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&storage))
+        .await
+        .map_err(crate::storage::StorageError::from)??;
     let address = listener.local_addr()?;
     tracing::info!(%address, database = %settings.storage.describe(), "listening");
 
