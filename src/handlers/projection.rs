@@ -10,7 +10,7 @@
 //! that a backend's writer spends its time on the database only.
 
 use crate::clock::utc_rfc3339;
-use crate::event::{Customer, Event};
+use crate::event::{Customer, CustomerId, Event};
 use crate::timestamp;
 use serde_json::{Map, Value};
 
@@ -98,6 +98,15 @@ pub fn supersedes(incoming: &Customer, event_id: i64, current: &Stored) -> bool 
     current.event_id.is_none_or(|old| event_id > old)
 }
 
+/// What a merge did: applied when it marked the customer merged away or updated the target.
+pub fn merge_effect(newly_merged: bool, target_applied: bool, duplicated: &CustomerId) -> Effect {
+    if newly_merged || target_applied {
+        Effect::Applied
+    } else {
+        Effect::Stale(Some(format!("customer {duplicated} is already merged")))
+    }
+}
+
 /// Why a snapshot that does not supersede `current` changed nothing.
 pub fn stale_reason(current: &Stored) -> String {
     match current.revision {
@@ -174,7 +183,7 @@ impl QueryFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{CustomerId, Revision};
+    use crate::event::Revision;
     use serde_json::json;
 
     fn customer(revision: Option<i64>, updated: Option<&str>) -> Customer {

@@ -10,7 +10,7 @@ use super::log::{key_owner, optional_text, text};
 use crate::clock::utc_rfc3339;
 use crate::event::{Customer, CustomerMerged, Event, ExperianCheck};
 use crate::handlers::projection::{
-    Effect, Encoded, EncodedSnapshot, Stored, stale_reason, updated_ms,
+    Effect, Encoded, EncodedSnapshot, Stored, merge_effect, stale_reason, updated_ms,
 };
 use deadpool_postgres::Transaction;
 use std::borrow::Cow;
@@ -272,14 +272,7 @@ async fn apply_merge(
         Some(target) => apply_snapshot(tx, event_id, target, encoded).await? == Effect::Applied,
         None => false,
     };
-    if newly_merged || target_applied {
-        Ok(Effect::Applied)
-    } else {
-        Ok(Effect::Stale(Some(format!(
-            "customer {} is already merged",
-            duplicated.id
-        ))))
-    }
+    Ok(merge_effect(newly_merged, target_applied, &duplicated.id))
 }
 
 async fn apply_experian(

@@ -5,7 +5,9 @@
 
 use crate::clock::utc_rfc3339;
 use crate::event::{Customer, CustomerMerged, Event, ExperianCheck};
-use crate::handlers::projection::{Effect, Encoded, Stored, stale_reason, supersedes, updated_ms};
+use crate::handlers::projection::{
+    Effect, Encoded, Stored, merge_effect, stale_reason, supersedes, updated_ms,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::LazyLock;
 
@@ -216,14 +218,7 @@ fn apply_merge(
         Some(target) => apply_customer_event(conn, event_id, target, encoded)? == Effect::Applied,
         None => false,
     };
-    if newly_merged || target_applied {
-        Ok(Effect::Applied)
-    } else {
-        Ok(Effect::Stale(Some(format!(
-            "customer {} is already merged",
-            duplicated.id
-        ))))
-    }
+    Ok(merge_effect(newly_merged, target_applied, &duplicated.id))
 }
 
 fn apply_experian(
